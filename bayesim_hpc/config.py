@@ -1,0 +1,342 @@
+"""The study definition: :func:`simulation_config` validates eagerly and returns a :class:`Study`.
+
+Example:
+    >>> from bayesim_hpc import simulation_config, MockFitter, rmse_metric, bias_metric
+    >>> def gen(spec, rng, ctx):
+    ...     x = rng.normal(size=spec["n"])
+    ...     y = 1 + 2 * x + rng.normal(scale=spec["sigma"], size=spec["n"])
+    ...     return {"train": {"x": x, "y": y}, "response": "y",
+    ...             "true_params": {"intercept": 1, "slope": 2, "sigma": spec["sigma"]}}
+    >>> config = simulation_config(data_grid={"n": [100], "sigma": [1.0]},
+    ...                            fit_grid={"model": ["linear"]}, data_generator=gen,
+    ...                            fitter=MockFitter(), metrics=[rmse_metric(), bias_metric()],
+    ...                            n_replicates=20, seed=42)
+    >>> config.n_tasks
+    20
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import numbers
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError
+from .grid import TaskSpace, expand_grid
+from .retention import resolve_retention
+
+__all__ = ["Study", "simulation_config", "fingerprint_parts"]
+
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True, eq=False)
+class Study:
+    """A validated, immutable study definition. Build it with :func:`simulation_config`."""
+
+    data_grid: pd.DataFrame
+    fit_grid: pd.DataFrame
+    data_generator: Callable[..., Any]
+    fitter: Any
+    metrics: tuple[Any, ...]
+    n_replicates: int
+    seed: int
+    retain: tuple[str, ...]
+    result_path: Path | None = None
+    checkpoint_every: int = 100
+    chunk_size: int = 100
+    max_errors: int | None = None
+    task_grid: pd.DataFrame | None = None
+    shard_size: int | None = None
+    draws_dtype: str = "float64"
+    compression: str | None = None
+    study_file: str | None = field(default=None, compare=False)
+
+    @cached_property
+    def space(self) -> TaskSpace:
+        return TaskSpace.from_grids(self.data_grid, self.fit_grid, self.n_replicates, self.task_grid)
+
+    @property
+    def n_tasks(self) -> int:
+        return self.space.n_tasks
+
+    @property
+    def flush_every(self) -> int:
+        """A worker writes a segment after this many tasks: min(chunk_size, checkpoint_every)."""
+        return min(self.chunk_size, self.checkpoint_every)
+
+    def data_spec(self, d: int) -> dict[str, Any]:
+        return _plain_row(self.data_grid, d)
+
+    def fit_spec(self, f: int) -> dict[str, Any]:
+        return _plain_row(self.fit_grid, f)
+
+    def metric_kinds(self) -> dict[str, str]:
+        return {m.name: getattr(m, "kind", "mean") for m in self.metrics}
+
+    def replace(self, **changes: Any) -> "Study":
+        """A copy with some fields changed, validated again."""
+        current = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        current["retain"] = list(current["retain"])
+        current["metrics"] = list(current["metrics"])
+        current.update(changes)
+        return simulation_config(**current)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _plain_row(df: pd.DataFrame, i: int) -> dict[str, Any]:
+    return {str(k): _plain(v) for k, v in df.iloc[int(i)].items()}
+
+
+# --- validation ------------------------------------------------------------------------
+def _check_grid(name: str, grid: Any) -> pd.DataFrame:
+    if grid is None:
+        raise ConfigError(name, grid, "is required", f"pass a pandas DataFrame or a dict of lists, e.g. {name}={{'n': [100]}}")
+    if not isinstance(grid, (pd.DataFrame, Mapping)):
+        raise ConfigError(name, grid, f"must be a DataFrame or a dict of lists, not {type(grid).__name__}",
+                          f"e.g. {name}={{'n': [100, 500]}}")
+    if isinstance(grid, Mapping):
+        for k, v in grid.items():
+            if isinstance(v, (list, tuple, np.ndarray, pd.Series)) and len(v) == 0:
+                raise ConfigError(f"{name}[{k!r}]", v, "is empty", "give at least one value")
+    df = expand_grid(grid)
+    if len(df) == 0 or len(df.columns) == 0:
+        raise ConfigError(name, grid, "has no rows or no columns", "give at least one column with one value")
+    seen = set()
+    for col in df.columns:
+        if not isinstance(col, str) or not _NAME_RE.match(col) or "__" in col:
+            raise ConfigError(f"{name} column", col, "is not a valid column name",
+                              "use names of letters, digits and single underscores, starting with a letter")
+        seen.add(col)
+        for v in df[col]:
+            if not isinstance(_plain(v), (str, bool, numbers.Number)) or v is None:
+                raise ConfigError(f"{name}[{col!r}]", v, "holds a value that is not a scalar",
+                                  "use numbers, strings or booleans; put larger objects in the generator")
+    if df.duplicated().any():
+        first = int(np.flatnonzero(df.duplicated().to_numpy())[0])
+        raise ConfigError(name, df.iloc[first].to_dict(), f"row {first + 1} repeats an earlier row",
+                          "remove duplicate rows; use n_replicates for repetitions")
+    return df
+
+
+def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False, example: str = "") -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ConfigError(name, value, "must be an integer", f"pass an integer >= {minimum}{example}")
+    if value < minimum:
+        raise ConfigError(name, value, f"must be >= {minimum}", f"pass an integer >= {minimum}{example}")
+    return int(value)
+
+
+def _check_callable_arity(name: str, fn: Any, n: int, signature: str) -> None:
+    if not callable(fn):
+        raise ConfigError(name, fn, "is not callable", f"pass a function {signature}")
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    params = list(sig.parameters.values())
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    if len(positional) < n or len(required) > n:
+        raise ConfigError(name, fn, f"takes {len(positional)} positional argument(s), it is called with {n}",
+                          f"define it as {signature}")
+
+
+def _check_task_grid(task_grid: Any, nd: int, nf: int) -> pd.DataFrame | None:
+    if task_grid is None:
+        return None
+    if not isinstance(task_grid, pd.DataFrame) or not {"data_idx", "fit_idx"} <= set(task_grid.columns):
+        raise ConfigError("task_grid", task_grid, "must be a DataFrame with columns data_idx and fit_idx",
+                          "list the (data row, fit row) pairs to run, 1-based, e.g. pd.DataFrame({'data_idx': [1, 2], 'fit_idx': [1, 1]})")
+    tg = task_grid[["data_idx", "fit_idx"]].reset_index(drop=True)
+    for col, n in (("data_idx", nd), ("fit_idx", nf)):
+        vals = tg[col].to_numpy()
+        if not np.issubdtype(vals.dtype, np.integer) or vals.min() < 1 or vals.max() > n:
+            raise ConfigError(f"task_grid[{col!r}]", list(vals[:5]), f"must hold integers from 1 to {n}",
+                              "use 1-based row numbers of the grid")
+    if tg.duplicated().any() or len(tg) == 0:
+        raise ConfigError("task_grid", task_grid, "is empty or repeats a (data_idx, fit_idx) pair", "list each pair once")
+    return tg
+
+
+def simulation_config(
+    data_grid: Any = None,
+    fit_grid: Any = None,
+    data_generator: Callable[..., Any] | None = None,
+    fitter: Any = None,
+    metrics: Sequence[Any] | None = None,
+    n_replicates: int = 1,
+    seed: int | None = None,
+    retain: str | Sequence[str] = "standard",
+    result_path: str | Path | None = None,
+    checkpoint_every: int = 100,
+    chunk_size: int | None = None,
+    max_in_memory: int | None = None,
+    max_errors: int | None = None,
+    task_grid: pd.DataFrame | None = None,
+    shard_size: int | None = None,
+    draws_dtype: str = "float64",
+    compression: str | None = None,
+    study_file: str | None = None,
+) -> Study:
+    """Define a simulation study; every field is checked now, before anything runs.
+
+    Args:
+        data_grid: data-generating configurations (DataFrame, or dict expanded to all combinations).
+        fit_grid: model configurations, same forms.
+        data_generator: ``f(data_spec: dict, rng: numpy.random.Generator, task_ctx) -> SimData | dict``.
+        fitter: an object with ``fit(data, fit_spec, seed, task_ctx) -> FitResult``.
+        metrics: metric objects (``rmse_metric()``, ...); names must be unique.
+        n_replicates: replicates per (data, fit) cell.
+        seed: the study seed (non-negative integer); all task seeds derive from it.
+        retain: ``"minimal"``, ``"standard"``, ``"debug"`` or a list of artifacts.
+        result_path: result directory (None: a temporary one, removed with the result).
+        checkpoint_every, chunk_size (alias ``max_in_memory``): a worker writes its buffered
+            results after ``min(chunk_size, checkpoint_every)`` tasks.
+        max_errors: stop the study once more than this many tasks failed (None: no limit).
+        task_grid: optional DataFrame of 1-based ``data_idx``/``fit_idx`` pairs to run
+            instead of the full cross.
+        shard_size: tasks per worker shard (None: chosen by the executor at first run).
+        draws_dtype: ``"float64"`` or ``"float32"`` for retained draws and predictions.
+        compression: ``None``, ``"gzip"`` or ``"lzf"`` for retained heavy artifacts.
+    """
+    dg = _check_grid("data_grid", data_grid)
+    fg = _check_grid("fit_grid", fit_grid)
+    if data_generator is None:
+        raise ConfigError("data_generator", None, "is required", "pass a function (data_spec, rng, task_ctx) -> SimData")
+    _check_callable_arity("data_generator", data_generator, 3, "data_generator(data_spec, rng, task_ctx)")
+    if fitter is None:
+        raise ConfigError("fitter", None, "is required", "pass a fitter, e.g. MockFitter() or PyMCFitter(build_model)")
+    if isinstance(fitter, type):
+        raise ConfigError("fitter", fitter, "is a class, not an instance", f"call it: fitter={fitter.__name__}()")
+    if not callable(getattr(fitter, "fit", None)):
+        raise ConfigError("fitter", fitter, "has no fit() method",
+                          "pass an object with fit(data, fit_spec, seed, task_ctx) -> FitResult")
+    _check_callable_arity("fitter.fit", fitter.fit, 4, "fit(self, data, fit_spec, seed, task_ctx)")
+    if metrics is None or isinstance(metrics, (str, bytes)) or not isinstance(metrics, (list, tuple)):
+        raise ConfigError("metrics", metrics, "must be a list of metrics", "e.g. metrics=[rmse_metric(), bias_metric()]")
+    if len(metrics) == 0:
+        raise ConfigError("metrics", metrics, "is empty", "give at least one metric, e.g. [rmse_metric()]")
+    names: list[str] = []
+    for i, m in enumerate(metrics):
+        if callable(m) and not hasattr(m, "compute"):
+            raise ConfigError(f"metrics[{i}]", m, "is a function, not a metric object",
+                              "call the factory: rmse_metric() rather than rmse_metric")
+        name = getattr(m, "name", None)
+        if not isinstance(name, str) or not _NAME_RE.match(name) or "__" in name or not callable(getattr(m, "compute", None)):
+            raise ConfigError(f"metrics[{i}]", m, "needs a name (letters, digits, single underscores) and compute(fit, data)",
+                              "see bayesim_hpc.metrics for the protocol")
+        if name in names:
+            raise ConfigError(f"metrics[{i}]", name, "repeats a metric name",
+                              "give each metric a unique name, e.g. coverage_metric(0.5, name='coverage50')")
+        names.append(name)
+    n_rep = _check_int("n_replicates", n_replicates, 1, example=", e.g. n_replicates=100")
+    if seed is None:
+        raise ConfigError("seed", None, "is required for reproducible results", "pass seed=<integer>, e.g. seed=42")
+    seed_i = _check_int("seed", seed, 0, example=", e.g. seed=42")
+    if seed_i >= 2**63:
+        raise ConfigError("seed", seed, "is too large", "use an integer below 2**63")
+    retain_l = resolve_retention(retain)
+    if result_path is not None and not isinstance(result_path, (str, Path)):
+        raise ConfigError("result_path", result_path, "must be a path", "pass a string or pathlib.Path")
+    if result_path is not None and Path(result_path).exists() and not Path(result_path).is_dir():
+        raise ConfigError("result_path", str(result_path), "exists and is not a directory", "choose a new directory name")
+    ce = _check_int("checkpoint_every", checkpoint_every, 1, example=", e.g. checkpoint_every=100")
+    if chunk_size is not None and max_in_memory is not None and chunk_size != max_in_memory:
+        raise ConfigError("max_in_memory", max_in_memory, f"conflicts with chunk_size={chunk_size} (it is an alias)",
+                          "pass only chunk_size")
+    cs = chunk_size if chunk_size is not None else max_in_memory
+    cs = _check_int("chunk_size", cs if cs is not None else ce, 1, example=", e.g. chunk_size=100")
+    me = _check_int("max_errors", max_errors, 0, allow_none=True, example=" or None for no limit")
+    tg = _check_task_grid(task_grid, len(dg), len(fg))
+    ss = _check_int("shard_size", shard_size, 1, allow_none=True, example=" or None")
+    if draws_dtype not in ("float64", "float32"):
+        raise ConfigError("draws_dtype", draws_dtype, "is not supported", "use 'float64' or 'float32'")
+    if compression not in (None, "gzip", "lzf"):
+        raise ConfigError("compression", compression, "is not supported", "use None, 'gzip' or 'lzf'")
+    return Study(
+        data_grid=dg, fit_grid=fg, data_generator=data_generator, fitter=fitter, metrics=tuple(metrics),
+        n_replicates=n_rep, seed=seed_i, retain=tuple(retain_l),
+        result_path=Path(result_path) if result_path is not None else None,
+        checkpoint_every=ce, chunk_size=cs, max_errors=me, task_grid=tg, shard_size=ss,
+        draws_dtype=draws_dtype, compression=compression, study_file=study_file,
+    )
+
+
+# --- fingerprint -----------------------------------------------------------------------
+def _source_of(obj: Any) -> str:
+    """Source text of a function or class; a stable fallback where there is none."""
+    target = obj if (inspect.isfunction(obj) or inspect.isclass(obj) or inspect.ismethod(obj)) else type(obj)
+    try:
+        return inspect.getsource(target)
+    except (OSError, TypeError):
+        code = getattr(target, "__code__", None)
+        if code is not None:
+            return repr((code.co_code, code.co_consts, code.co_names))
+        return f"{target.__module__}.{getattr(target, '__qualname__', target)}"
+
+
+def _describe(obj: Any, depth: int = 0) -> Any:
+    """A JSON-able description of an object's behaviour: source and public settings."""
+    if depth > 4:
+        return repr(type(obj))
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return [_describe(v, depth + 1) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): _describe(v, depth + 1) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, np.ndarray):
+        return hashlib.sha256(np.ascontiguousarray(obj).tobytes()).hexdigest()
+    if inspect.isfunction(obj) or inspect.ismethod(obj) or inspect.isclass(obj):
+        return {"source": _source_of(obj)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    state = getattr(obj, "__dict__", None)
+    out: dict[str, Any] = {"class": f"{type(obj).__module__}.{type(obj).__qualname__}", "source": _source_of(obj)}
+    if state is not None:
+        out["settings"] = {k: _describe(v, depth + 1) for k, v in sorted(state.items()) if not k.startswith("_")}
+    else:
+        out["repr"] = repr(obj)
+    return out
+
+
+def _digest(x: Any) -> str:
+    return hashlib.sha256(json.dumps(x, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fingerprint_parts(study: Study) -> dict[str, str]:
+    """A digest per part of the study definition; resume compares them to say what changed."""
+    return {
+        "data_grid": _digest(study.data_grid.to_dict("split")),
+        "fit_grid": _digest(study.fit_grid.to_dict("split")),
+        "task_grid": _digest(None if study.task_grid is None else study.task_grid.to_dict("split")),
+        "n_replicates": str(study.n_replicates),
+        "seed": str(study.seed),
+        "retain": ",".join(study.retain),
+        "data_generator": _digest(_describe(study.data_generator)),
+        "fitter": _digest(_describe(study.fitter)),
+        "metrics": _digest([_describe(m) for m in study.metrics]),
+    }

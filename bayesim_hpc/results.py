@@ -1,0 +1,119 @@
+"""Results of a study, loaded lazily from its result directory.
+
+Example:
+    >>> res = load_results("results/my_study")            # doctest: +SKIP
+    >>> res.summary.groupby("fit_model")["rmse__value"].mean()   # doctest: +SKIP
+    >>> res.task_results["d001_f001_r00001"]["draws"]["slope"].shape   # doctest: +SKIP
+    >>> res.draws("d001_f001_r00001")                    # an xarray.Dataset  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from .reduce import ReduceOutcome, read_summary, reduce_results, summary_is_current
+from .resultdir import ResultDir
+from .storage import read_task_artifacts
+
+__all__ = ["SimulationResult", "load_results", "TaskResults"]
+
+
+class TaskResults(Mapping):
+    """``task_id -> dict of retained artifacts``, read from the shard files on access.
+
+    Always has ``metrics`` (the task's summary row as a dict); other keys per retention:
+    ``diagnostics``, ``draws``, ``predictions``, ``data``, ``warnings``, ``fit``.
+    """
+
+    def __init__(self, result: "SimulationResult"):
+        self._result = result
+
+    def _row(self, task_id: str) -> pd.Series:
+        s = self._result.summary
+        hit = s.index[s["task_id"] == task_id]
+        if len(hit) == 0:
+            raise KeyError(task_id)
+        return s.loc[hit[0]]
+
+    def __getitem__(self, task_id: str) -> dict[str, Any]:
+        row = self._row(task_id)
+        out: dict[str, Any] = {"metrics": {k: v for k, v in row.items() if k not in ("segment",)}}
+        art = read_task_artifacts(self._result.path / row["segment"], task_id)
+        if "fit_bytes" in art:
+            import cloudpickle
+
+            out["fit"] = cloudpickle.loads(art.pop("fit_bytes"))
+        out.update(art)
+        return out
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._result.summary["task_id"])
+
+    def __len__(self) -> int:
+        return len(self._result.summary)
+
+
+class SimulationResult:
+    """A study's results: ``summary`` (one row per task), ``cells`` (per-cell measures with
+    MCSE) and ``task_results`` (retained artifacts, loaded per task on demand)."""
+
+    def __init__(self, path: str | Path, reduce_outcome: ReduceOutcome | None = None, _tmpdir: Any = None):
+        self.rd = ResultDir(path)
+        self.path = self.rd.path
+        self.reduce_outcome = reduce_outcome
+        self._tmpdir = _tmpdir  # keeps a temporary result directory alive with the result
+
+    @cached_property
+    def summary(self) -> pd.DataFrame:
+        return read_summary(self.rd.summary)
+
+    @cached_property
+    def cells(self) -> pd.DataFrame:
+        return pd.read_csv(self.rd.cells)
+
+    @cached_property
+    def task_results(self) -> TaskResults:
+        return TaskResults(self)
+
+    @property
+    def n_missing(self) -> int:
+        import h5py
+
+        with h5py.File(self.rd.summary, "r", locking=False) as f:
+            return int(f.attrs["n_missing"])
+
+    @property
+    def complete(self) -> bool:
+        return self.n_missing == 0
+
+    def draws(self, task_id: str):
+        """Retained draws of one task as an ``xarray.Dataset`` with dims (chain, draw, ...)."""
+        import xarray as xr
+
+        art = self.task_results[task_id]
+        if "draws" not in art:
+            raise KeyError(f"{task_id} has no retained draws (retention: add 'draws')")
+        return xr.Dataset({k: (("chain", "draw") + tuple(f"{k}_dim_{i}" for i in range(v.ndim - 2)), v)
+                           for k, v in art["draws"].items()})
+
+    def __repr__(self) -> str:
+        s = self.summary
+        ok = int((s["status"] == "success").sum()) if len(s) else 0
+        return f"<SimulationResult {self.path}: {len(s)} tasks, {ok} succeeded, {len(s) - ok} failed, {self.n_missing} missing>"
+
+
+def load_results(path: str | Path, reduce: str = "auto") -> SimulationResult:
+    """Open a result directory; ``reduce="auto"`` re-reduces when segments are newer."""
+    rd = ResultDir(path)
+    if not rd.exists():
+        raise FileNotFoundError(f"{path} is not a bayesim-hpc result directory (no study.json)")
+    outcome = None
+    if reduce == "always" or (reduce == "auto" and not summary_is_current(rd)):
+        outcome = reduce_results(rd.path)
+    return SimulationResult(rd.path, outcome)
+

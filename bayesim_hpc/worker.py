@@ -1,0 +1,226 @@
+"""The worker: run one shard's missing tasks and write them as durable segments.
+
+A worker reads which of its shard's tasks are already in valid segments, runs the rest,
+and writes a segment every ``min(chunk_size, checkpoint_every)`` tasks, every
+``flush_seconds`` and when it is told to stop (SIGTERM, SIGUSR2 or SIGINT: the fit in
+progress is abandoned, finished tasks are flushed, and the worker exits with
+:data:`EXIT_STOPPED`). Memory is bounded by the buffer of unflushed tasks.
+
+Run as a process: ``python -m bayesim_hpc.worker RESULT_DIR SHARD_ID [--attempt N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import Study
+from .manifest import scan_progress
+from .resultdir import ResultDir
+from .storage import atomic_write_text, shard_dir, write_segment
+from .task import TaskRecord, run_task
+
+__all__ = ["run_shard", "ShardOutcome", "EXIT_DONE", "EXIT_STOPPED", "EXIT_BUDGET", "StopRequested"]
+
+EXIT_DONE, EXIT_STOPPED, EXIT_BUDGET = 0, 3, 4
+_study_cache: dict[str, Study] = {}
+
+
+class StopRequested(BaseException):
+    """Raised in the worker's main thread by the stop signal handler.
+
+    A BaseException so that a task's ``except Exception`` never records it as a failure.
+    """
+
+
+@dataclass
+class ShardOutcome:
+    shard_id: int
+    attempt: int
+    n_run: int
+    n_success: int
+    n_failed: int
+    n_skipped: int
+    stopped: bool = False
+    budget_exceeded: bool = False
+    segments: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        if self.budget_exceeded:
+            return EXIT_BUDGET
+        return EXIT_STOPPED if self.stopped else EXIT_DONE
+
+
+class _WarningRelay:
+    """Prints a warning the first few times it is seen, then only counts it."""
+
+    def __init__(self, emit: Callable[[str], None], show: int = 3):
+        self.emit, self.show, self.counts = emit, show, Counter()
+
+    def __call__(self, task_id: str, message: str) -> None:
+        self.counts[message] += 1
+        n = self.counts[message]
+        if n <= self.show:
+            self.emit(f"[{task_id}] WARNING {message}")
+        elif n in (10, 100, 1000, 10000):
+            self.emit(f"[{task_id}] WARNING (seen {n} times) {message}")
+
+
+def _load(rd: ResultDir) -> Study:
+    key = str(rd.path.resolve())
+    if key not in _study_cache:
+        _study_cache[key] = rd.load_study()
+    return _study_cache[key]
+
+
+def run_shard(
+    result_dir: str | Path,
+    shard_id: int,
+    attempt: int = 1,
+    retry_failed: bool = False,
+    emit: Callable[[str], None] | None = None,
+    study: Study | None = None,
+    flush_seconds: float = 60.0,
+    handle_signals: bool = False,
+) -> ShardOutcome:
+    """Run the missing tasks of one shard; see the module docstring."""
+    rd = ResultDir(result_dir)
+    emit = emit or (lambda line: print(line, file=sys.stderr, flush=True))
+    study = study or _load(rd)
+    frozen = rd.read_frozen()
+    shard = frozen.shards[shard_id]
+    space = study.space
+    prog = scan_progress(rd, space.n_tasks, shard_id)
+    for path, why in prog.corrupt:
+        emit(f"[shard {shard_id}] ignoring damaged segment {path.name}: {why}")
+    indices = space.shard_indices(shard)
+    todo = [int(i) for i in indices if prog.state[i] == 0 or (retry_failed and prog.state[i] == 2)]
+    out = ShardOutcome(shard_id, attempt, 0, 0, 0, len(indices) - len(todo))
+    relay = _WarningRelay(emit)
+    buffer: list[TaskRecord] = []
+    seq = _next_seq(rd, shard_id, attempt)
+    last_flush = time.monotonic()
+    progress_path = shard_dir(rd.path, shard_id) / "progress.json"
+    last_progress = 0.0
+    max_errors = study.max_errors
+    n_failed_before = int((prog.state[indices] == 2).sum()) if not retry_failed else 0
+
+    def flush() -> None:
+        nonlocal seq, last_flush
+        if buffer:
+            write_segment(rd.path, shard_id, attempt, seq, buffer,
+                          draws_dtype=study.draws_dtype, compression=study.compression)
+            seq += 1
+            out.segments += 1
+            buffer.clear()
+        last_flush = time.monotonic()
+
+    old_handlers = {}
+    if handle_signals:
+        def _on_signal(signum: int, frame: object) -> None:
+            raise StopRequested(signal.Signals(signum).name)
+
+        for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
+            old_handlers[sig] = signal.signal(sig, _on_signal)
+    shard_dir(rd.path, shard_id).mkdir(parents=True, exist_ok=True)
+    try:
+        for idx in todo:
+            rec = run_task(study, space.ref(idx), attempt=attempt, shard_id=shard_id)
+            buffer.append(rec)
+            out.n_run += 1
+            if rec.status == "success":
+                out.n_success += 1
+            else:
+                out.n_failed += 1
+                emit(f"[{rec.task_id}] FAILED in {rec.error_stage}: {rec.error_type}: {rec.error_message.splitlines()[0] if rec.error_message else ''}")
+            for w in rec.warnings:
+                relay(rec.task_id, w)
+            now = time.monotonic()
+            if len(buffer) >= study.flush_every or now - last_flush >= flush_seconds:
+                flush()
+            if now - last_progress >= 2.0:
+                _write_progress(progress_path, attempt, out, len(indices))
+                last_progress = now
+            if max_errors is not None and n_failed_before + out.n_failed > max_errors:
+                out.budget_exceeded = True
+                emit(f"[shard {shard_id}] stopping: more than max_errors={max_errors} failed tasks")
+                break
+    except StopRequested as sig:
+        out.stopped = True
+        emit(f"[shard {shard_id}] received {sig}: flushing {len(buffer)} finished task(s) and stopping")
+    finally:
+        # Signals stay blocked from here on: the flush must not be interrupted by a second one.
+        if handle_signals:
+            for sig in old_handlers:
+                signal.signal(sig, signal.SIG_IGN)
+        flush()
+        _write_progress(progress_path, attempt, out, len(indices))
+        if handle_signals:
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
+    return out
+
+
+def _next_seq(rd: ResultDir, shard_id: int, attempt: int) -> int:
+    d = shard_dir(rd.path, shard_id)
+    if not d.exists():
+        return 0
+    seqs = [int(p.name.split("-")[1]) for p in d.glob(f"a{attempt:03d}-*.h5")]
+    return max(seqs, default=-1) + 1
+
+
+def _write_progress(path: Path, attempt: int, out: ShardOutcome, total: int) -> None:
+    atomic_write_text(path, json.dumps({
+        "attempt": attempt, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
+        "n_run": out.n_run, "n_success": out.n_success, "n_failed": out.n_failed,
+        "n_skipped": out.n_skipped, "n_tasks": total,
+    }))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to send us SIGTERM when the driver that started us dies (no leaked workers)."""
+    parent = os.environ.get("BAYESIM_PARENT_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() != int(parent):  # the driver died before prctl took effect
+        sys.exit(EXIT_STOPPED)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _die_with_parent()
+    ap = argparse.ArgumentParser(prog="python -m bayesim_hpc.worker", description=__doc__)
+    ap.add_argument("result_dir")
+    ap.add_argument("shard_id", type=int, nargs="?")
+    ap.add_argument("--attempt", type=int, default=1)
+    ap.add_argument("--retry-failed", action="store_true")
+    ap.add_argument("--shard-map", help="JSON file mapping SLURM_ARRAY_TASK_ID to shard ids")
+    args = ap.parse_args(argv)
+    shard_id = args.shard_id
+    if shard_id is None:  # an array element: its shard comes from the array index
+        task = int(os.environ["SLURM_ARRAY_TASK_ID"])
+        shard_id = int(json.loads(Path(args.shard_map).read_text())[task])
+    attempt = args.attempt + int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    out = run_shard(args.result_dir, shard_id, attempt, args.retry_failed, handle_signals=True)
+    print(json.dumps({"shard": shard_id, "attempt": attempt, "run": out.n_run, "success": out.n_success,
+                      "failed": out.n_failed, "skipped": out.n_skipped, "stopped": out.stopped}), flush=True)
+    return out.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
