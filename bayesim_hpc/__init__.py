@@ -1,37 +1,46 @@
 """bayesim-hpc: Bayesian simulation studies on laptops and Slurm clusters, durably.
 
+Names are imported on first use, so ``import bayesim_hpc`` (and every worker process)
+starts fast.
+
 >>> from bayesim_hpc import simulation_config, run_simulation, MockFitter, rmse_metric
 """
 
-from .checkpoints import clean_old_checkpoints, estimate_size, list_checkpoints
-from .config import Study, simulation_config
-from .data import SimData, TaskContext
-from .errors import (BayesimError, ConfigError, DriverLockedError, ErrorBudgetExceeded, StudyChangedError,
-                     TaskError)
-from .fitters import ConjugateLinearFitter, FitResult, Fitter, MockFitter
-from .grid import expand_grid
-from .metrics import (bias_metric, coverage_metric, interval_width_metric, posterior_mean_metric,
-                      posterior_sd_metric, rmse_metric, sbc_rank_metric)
-from .reduce import reduce_results
-from .results import SimulationResult, load_results
-from .retention import resolve_retention
-from .runner import resume_simulation, run_simulation
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "simulation_config", "Study", "run_simulation", "resume_simulation", "load_results", "reduce_results",
-    "SimulationResult", "SimData", "TaskContext", "FitResult", "Fitter", "MockFitter", "ConjugateLinearFitter",
-    "PyMCFitter", "rmse_metric", "bias_metric", "coverage_metric", "interval_width_metric",
-    "posterior_mean_metric", "posterior_sd_metric", "sbc_rank_metric", "resolve_retention", "expand_grid",
-    "list_checkpoints", "clean_old_checkpoints", "estimate_size", "BayesimError", "ConfigError",
-    "StudyChangedError", "DriverLockedError", "ErrorBudgetExceeded", "TaskError",
-]
+_WHERE = {
+    "simulation_config": "config", "Study": "config",
+    "run_simulation": "runner", "resume_simulation": "runner",
+    "load_results": "results", "SimulationResult": "results",
+    "reduce_results": "reduce",
+    "SimData": "data", "TaskContext": "data",
+    "FitResult": "fitters.base", "Fitter": "fitters.base",
+    "MockFitter": "fitters.mock", "ConjugateLinearFitter": "fitters.conjugate", "PyMCFitter": "fitters.pymc",
+    "rmse_metric": "metrics", "bias_metric": "metrics", "coverage_metric": "metrics",
+    "interval_width_metric": "metrics", "posterior_mean_metric": "metrics", "posterior_sd_metric": "metrics",
+    "sbc_rank_metric": "metrics",
+    "resolve_retention": "retention", "expand_grid": "grid",
+    "list_checkpoints": "checkpoints", "clean_old_checkpoints": "checkpoints", "estimate_size": "checkpoints",
+    "BayesimError": "errors", "ConfigError": "errors", "StudyChangedError": "errors",
+    "DriverLockedError": "errors", "ErrorBudgetExceeded": "errors", "TaskError": "errors",
+}
+
+__all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str):
-    if name == "PyMCFitter":  # imports PyMC only when asked for
-        from .fitters.pymc import PyMCFitter
+def __getattr__(name: str) -> Any:
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'bayesim_hpc' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
 
-        return PyMCFitter
-    raise AttributeError(f"module 'bayesim_hpc' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return __all__ + ["__version__"]

@@ -75,11 +75,17 @@ class Study:
         """A worker writes a segment after this many tasks: min(chunk_size, checkpoint_every)."""
         return min(self.chunk_size, self.checkpoint_every)
 
+    @cached_property
+    def _specs(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return ([_plain_row(self.data_grid, i) for i in range(len(self.data_grid))],
+                [_plain_row(self.fit_grid, i) for i in range(len(self.fit_grid))])
+
     def data_spec(self, d: int) -> dict[str, Any]:
-        return _plain_row(self.data_grid, d)
+        """Row ``d`` of the data grid as a plain dict (a copy: generators may change it)."""
+        return dict(self._specs[0][d])
 
     def fit_spec(self, f: int) -> dict[str, Any]:
-        return _plain_row(self.fit_grid, f)
+        return dict(self._specs[1][f])
 
     def metric_kinds(self) -> dict[str, str]:
         return {m.name: getattr(m, "kind", "mean") for m in self.metrics}

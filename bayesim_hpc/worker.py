@@ -11,10 +11,18 @@ Run as a process: ``python -m bayesim_hpc.worker RESULT_DIR SHARD_ID [--attempt 
 
 from __future__ import annotations
 
+import signal
+
+# A worker process installs its stop handlers before the heavy imports below: a stop
+# signal that arrives while it is still starting up is remembered, not fatal.
+_EARLY_STOP: list[int] = []
+if __name__ == "__main__":
+    for _sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
+        signal.signal(_sig, lambda signum, frame: _EARLY_STOP.append(signum))
+
 import argparse
 import json
 import os
-import signal
 import socket
 import sys
 import time
@@ -132,6 +140,10 @@ def run_shard(
 
         for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
             old_handlers[sig] = signal.signal(sig, _on_signal)
+        if _EARLY_STOP:  # told to stop while starting up: run nothing
+            todo = []
+            out.stopped = True
+            emit(f"[shard {shard_id}] received {signal.Signals(_EARLY_STOP[0]).name} while starting; stopping")
     shard_dir(rd.path, shard_id).mkdir(parents=True, exist_ok=True)
     try:
         for idx in todo:
@@ -202,6 +214,26 @@ def _die_with_parent() -> None:
         sys.exit(EXIT_STOPPED)
 
 
+def _serve(result_dir: str) -> int:
+    """Run shards named on stdin (one JSON object a line) until stdin closes.
+
+    Each request ``{"shard": 3, "attempt": 1, "retry_failed": false}`` is answered with
+    one line ``{"shard_done": 3, "exit": 0, ...}``. A stop signal ends the shard and the
+    process (exit code :data:`EXIT_STOPPED`), as it would end an array element.
+    """
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        out = run_shard(result_dir, int(req["shard"]), int(req["attempt"]), bool(req.get("retry_failed")),
+                        handle_signals=True)
+        print(json.dumps({"shard_done": out.shard_id, "exit": out.exit_code, "run": out.n_run,
+                          "success": out.n_success, "failed": out.n_failed}), flush=True)
+        if out.stopped:
+            return EXIT_STOPPED
+    return EXIT_DONE
+
+
 def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     ap = argparse.ArgumentParser(prog="python -m bayesim_hpc.worker", description=__doc__)
@@ -209,16 +241,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("shard_id", type=int, nargs="?")
     ap.add_argument("--attempt", type=int, default=1)
     ap.add_argument("--retry-failed", action="store_true")
+    ap.add_argument("--serve", action="store_true", help="run the shards named on stdin, one JSON line each")
     ap.add_argument("--shard-map", help="JSON file mapping SLURM_ARRAY_TASK_ID to shard ids")
     args = ap.parse_args(argv)
+    if args.serve:
+        return _serve(args.result_dir)
     shard_id = args.shard_id
     if shard_id is None:  # an array element: its shard comes from the array index
         task = int(os.environ["SLURM_ARRAY_TASK_ID"])
         shard_id = int(json.loads(Path(args.shard_map).read_text())[task])
-    attempt = args.attempt + int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    attempt = args.attempt
+    if os.environ.get("BAYESIM_ATTEMPT_FROM_RESTART"):  # Slurm requeues keep argv; count restarts
+        attempt += int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
     out = run_shard(args.result_dir, shard_id, attempt, args.retry_failed, handle_signals=True)
-    print(json.dumps({"shard": shard_id, "attempt": attempt, "run": out.n_run, "success": out.n_success,
-                      "failed": out.n_failed, "skipped": out.n_skipped, "stopped": out.stopped}), flush=True)
+    print(json.dumps({"shard_done": shard_id, "exit": out.exit_code, "run": out.n_run, "success": out.n_success,
+                      "failed": out.n_failed}), flush=True)
     return out.exit_code
 
 

@@ -1,7 +1,8 @@
 """LocalExecutor: shards as worker processes on this machine, N at a time.
 
-Each shard runs in its own ``python -m bayesim_hpc.worker`` process, like an array
-element. Worker output is written to ``logs/sNNNNN.aNNN.log`` and relayed to the driver's
+Each slot is a long-lived ``python -m bayesim_hpc.worker --serve`` process that runs the
+shards it is handed one after the other, so imports and compiled models are paid once per
+slot, not once per shard. Worker output is written to ``logs/sNNNNN.aNNN.log`` and relayed to the driver's
 stderr, tagged. A worker that dies (killed, crashed) is started again for its missing
 tasks, up to ``max_attempts`` times per run. On Ctrl-C or any error in the driver every
 worker is sent SIGTERM (they flush and exit), then SIGKILL after ``kill_wait`` seconds;
@@ -13,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -45,12 +47,12 @@ def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 @dataclass
 class _Slot:
+    """One running shard attempt, on a worker process."""
+
     shard_id: int
     attempt: int
-    proc: subprocess.Popen
+    proc: "_Proc"
     started: float
-    log: IO[str]
-    reader: threading.Thread
     job_id: str
     signalled: str | None = None  # the state a deliberate signal stands for (TIMEOUT, PREEMPTED, ...)
     kill_at: float | None = None
@@ -58,10 +60,21 @@ class _Slot:
     faults: dict = field(default_factory=dict)
 
 
+@dataclass
+class _Proc:
+    """A worker process; ``log`` is the log file of the shard it is running."""
+
+    popen: subprocess.Popen
+    reader: threading.Thread | None = None
+    log: IO[str] | None = None
+    slot: _Slot | None = None
+
+
 class LocalExecutor:
     """A process pool of ``workers`` slots; see the module docstring."""
 
     name = "local"
+    persistent = True  # one worker process serves many shards
 
     def __init__(self, workers: int | None = None, max_attempts: int = 3, kill_wait: float = 10.0,
                  poll: float = 0.1):
@@ -71,7 +84,7 @@ class LocalExecutor:
         self.max_attempts = max_attempts
         self.kill_wait = kill_wait
         self.poll = poll
-        self._lines: queue.Queue[tuple[int, str]] = queue.Queue()
+        self._events: queue.Queue[tuple[str, _Proc, str]] = queue.Queue()
 
     # --- hooks for the mock Slurm executor ------------------------------------------------
     def _job_id(self, ctx: RunContext, shard_id: int, attempt: int) -> str:
@@ -86,56 +99,63 @@ class LocalExecutor:
     def _should_requeue(self, slot: _Slot, state: str) -> bool:
         return slot.attempt < self.max_attempts
 
-    # --- running -------------------------------------------------------------------------
-    def _launch(self, ctx: RunContext, shard_id: int) -> _Slot:
+    # --- processes -----------------------------------------------------------------------
+    def _spawn(self, ctx: RunContext, env_extra: dict[str, str]) -> _Proc:
+        cmd = [sys.executable, "-m", "bayesim_hpc.worker", str(ctx.rd.path), "--serve"]
+        env = worker_env({"BAYESIM_PARENT_PID": str(os.getpid()), **env_extra})
+        popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
+                                 text=True, bufsize=1, env=env)
+        proc = _Proc(popen)
+        proc.reader = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        proc.reader.start()
+        return proc
+
+    def _read(self, proc: _Proc) -> None:
+        assert proc.popen.stdout is not None
+        for line in proc.popen.stdout:
+            if proc.log is not None:
+                proc.log.write(line)
+                proc.log.flush()
+            line = line.rstrip("\n")
+            kind = "done" if line.startswith('{"shard_done"') else "line"
+            self._events.put((kind, proc, line))
+
+    def _assign(self, ctx: RunContext, procs: list[_Proc], shard_id: int) -> _Slot:
         attempt = ctx.next_attempt(shard_id)
         job_id = self._job_id(ctx, shard_id, attempt)
-        cmd = [sys.executable, "-m", "bayesim_hpc.worker", str(ctx.rd.path), str(shard_id), "--attempt", str(attempt)]
-        if ctx.retry_failed:
-            cmd.append("--retry-failed")
-        env = worker_env({"BAYESIM_PARENT_PID": str(os.getpid()),
-                          **self._extra_env(ctx, shard_id, attempt, job_id)})
+        extra = self._extra_env(ctx, shard_id, attempt, job_id)
+        proc = next((p for p in procs if p.slot is None and p.popen.poll() is None), None) if self.persistent else None
+        if proc is None:
+            proc = self._spawn(ctx, extra)
+            procs.append(proc)
         ctx.rd.logs.mkdir(exist_ok=True)
-        log = open(ctx.rd.logs / f"s{shard_id:05d}.a{attempt:03d}.log", "a")
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                text=True, bufsize=1, env=env)
-        reader = threading.Thread(target=self._read, args=(shard_id, proc, log), daemon=True)
-        reader.start()
-        ctx.mark(shard_id, state="RUNNING", attempts=attempt, job_id=job_id, started=time.time(), reason="", pid=proc.pid)
-        return _Slot(shard_id, attempt, proc, time.monotonic(), log, reader, job_id)
-
-    def _read(self, shard_id: int, proc: subprocess.Popen, log: IO[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            log.flush()
-            self._lines.put((shard_id, line.rstrip("\n")))
-
-    def _drain(self, ctx: RunContext) -> int:
-        failed = 0
-        while True:
-            try:
-                sid, line = self._lines.get_nowait()
-            except queue.Empty:
-                return failed
-            if line.startswith("{") and line.endswith("}"):
-                continue  # the worker's machine-readable closing line
-            if "] FAILED in " in line:
-                failed += 1
-            ctx.emit(line if line.startswith("[") else f"[shard {sid}] {line}")
+        proc.log = open(ctx.rd.logs / f"s{shard_id:05d}.a{attempt:03d}.log", "a")
+        slot = _Slot(shard_id, attempt, proc, time.monotonic(), job_id)
+        proc.slot = slot
+        ctx.mark(shard_id, state="RUNNING", attempts=attempt, job_id=job_id, started=time.time(), reason="",
+                 pid=proc.popen.pid)
+        assert proc.popen.stdin is not None
+        proc.popen.stdin.write(json.dumps({"shard": shard_id, "attempt": attempt, "retry_failed": ctx.retry_failed}) + "\n")
+        proc.popen.stdin.flush()
+        if not self.persistent:
+            proc.popen.stdin.close()  # one shard per process, like an array element
+        return slot
 
     def _signal(self, slot: _Slot, sig: int, state: str | None = None) -> None:
-        if slot.proc.poll() is None:
+        if slot.proc.popen.poll() is None:
             try:
-                slot.proc.send_signal(sig)
+                slot.proc.popen.send_signal(sig)
             except ProcessLookupError:
                 pass
         if state and slot.signalled is None:
             slot.signalled = state
 
     def _finish(self, ctx: RunContext, slot: _Slot, rc: int, out: RunOutcome, pending: deque) -> dict:
-        slot.reader.join(timeout=5)
-        slot.log.close()
+        proc = slot.proc
+        proc.slot = None
+        if proc.log is not None:
+            proc.log.close()
+            proc.log = None
         if rc == EXIT_DONE and slot.signalled is None:
             out.completed.append(slot.shard_id)
             return {"state": "COMPLETED", "reason": "", "exit_code": rc}
@@ -145,7 +165,8 @@ class LocalExecutor:
             return {"state": "FAILED", "reason": "error budget exceeded", "exit_code": rc}
         if slot.signalled:
             state = slot.signalled
-            reason = f"{state.lower().replace('_', ' ')}: worker stopped after flushing" if rc == EXIT_STOPPED else f"{state.lower().replace('_', ' ')} (exit code {rc})"
+            what = state.lower().replace("_", " ")
+            reason = f"{what}: worker stopped after flushing" if rc == EXIT_STOPPED else f"{what} (exit code {rc})"
         elif rc < 0:
             state, reason = "FAILED", f"worker killed by {signal.Signals(-rc).name}"
         elif rc == EXIT_STOPPED:
@@ -160,68 +181,118 @@ class LocalExecutor:
         ctx.emit(f"[shard {slot.shard_id}] {reason}; not requeued (resume will run its missing tasks)")
         return {"state": state, "reason": reason, "exit_code": rc}
 
+    # --- the loop --------------------------------------------------------------------------
     def run(self, ctx: RunContext) -> RunOutcome:
         out = RunOutcome()
         pending: deque[int] = deque(ctx.shard_ids)
-        running: dict[int, _Slot] = {}
+        procs: list[_Proc] = []
         failed = ctx.failed_before
-        ran_before: dict[int, int] = {}  # tasks run by finished attempts, per shard
+        ran_before = 0  # tasks run by finished shard attempts
         done_base = ctx.progress.done
+
+        def running() -> list[_Slot]:
+            return [p.slot for p in procs if p.slot is not None]
+
         try:
-            while pending or running:
-                while pending and len(running) < self.parallelism and not out.budget_exceeded:
-                    sid = pending.popleft()
-                    running[sid] = self._launch(ctx, sid)
-                failed += self._drain(ctx)
+            while pending or running():
+                while pending and len(running()) < self.parallelism and not out.budget_exceeded:
+                    self._assign(ctx, procs, pending.popleft())
+                changes: dict[int, dict] = {}
+                while True:  # worker output and shard completions
+                    try:
+                        kind, proc, line = self._events.get_nowait()
+                    except queue.Empty:
+                        break
+                    if kind == "done" and proc.slot is not None:
+                        info = json.loads(line)
+                        ran_before += int(info.get("run", 0))
+                        slot = proc.slot
+                        changes[slot.shard_id] = self._finish(ctx, slot, int(info["exit"]), out, pending)
+                    elif kind == "line":
+                        if "] FAILED in " in line:
+                            failed += 1
+                        sid = proc.slot.shard_id if proc.slot else "?"
+                        ctx.emit(line if line.startswith("[") else f"[shard {sid}] {line}")
                 now = time.monotonic()
-                changes = {}
-                for sid, slot in list(running.items()):
-                    self._on_tick(ctx, slot, now)
-                    if slot.kill_at is not None and now >= slot.kill_at:
-                        self._signal(slot, signal.SIGKILL)
-                    rc = slot.proc.poll()
+                for proc in list(procs):
+                    slot = proc.slot
+                    if slot is not None:
+                        self._on_tick(ctx, slot, now)
+                        if slot.kill_at is not None and now >= slot.kill_at:
+                            self._signal(slot, signal.SIGKILL)
+                    rc = proc.popen.poll()
                     if rc is None:
                         continue
-                    ran_before[sid] = ran_before.get(sid, 0) + int(ctx.shard_progress(sid).get("n_run", 0))
-                    changes[sid] = self._finish(ctx, slot, rc, out, pending)
-                    del running[sid]
+                    proc.reader.join(timeout=5)
+                    self._drain_lines(ctx, proc)
+                    if proc.slot is not None:  # died while running a shard
+                        slot = proc.slot
+                        ran_before += int(ctx.shard_progress(slot.shard_id).get("n_run", 0))
+                        changes[slot.shard_id] = self._finish(ctx, slot, rc, out, pending)
+                    procs.remove(proc)
                 ctx.mark_many(changes)
-                if ctx.study.max_errors is not None and failed > ctx.study.max_errors and not out.budget_exceeded:
+                if ctx.study.max_errors is not None and failed > ctx.study.max_errors:
                     out.budget_exceeded = True
-                if out.budget_exceeded and (running or pending):
-                    for slot in running.values():
-                        self._signal(slot, signal.SIGTERM, "CANCELLED")
-                        slot.requeue = False
-                        slot.kill_at = slot.kill_at or now + self.kill_wait
+                if out.budget_exceeded and (running() or pending):
+                    for slot in running():
+                        if slot.signalled is None:
+                            self._signal(slot, signal.SIGTERM, "CANCELLED")
+                            slot.requeue = False
+                            slot.kill_at = now + self.kill_wait
                     for sid in pending:
                         out.unfinished[sid] = "not started: error budget exceeded"
                     pending.clear()
-                live = sum(int(ctx.shard_progress(s).get("n_run", 0)) for s in running
-                           if ctx.shard_progress(s).get("attempt") == running[s].attempt)
-                ctx.progress.update(done_base + sum(ran_before.values()) + live, failed)
+                live = 0
+                for slot in running():
+                    pr = ctx.shard_progress(slot.shard_id)
+                    if pr.get("attempt") == slot.attempt and pr.get("pid") == slot.proc.popen.pid:
+                        live += int(pr.get("n_run", 0))
+                ctx.progress.update(done_base + ran_before + live, failed)
                 time.sleep(self.poll)
-            failed += self._drain(ctx)
         finally:
-            self._stop_all(ctx, running)
+            self._stop_all(ctx, procs)
         out.n_failed_tasks = failed - ctx.failed_before
         return out
 
-    def _stop_all(self, ctx: RunContext, running: dict[int, _Slot]) -> None:
-        if not running:
-            return
-        for slot in running.values():
-            self._signal(slot, signal.SIGTERM)
-        deadline = time.monotonic() + self.kill_wait
-        for slot in running.values():
+    def _drain_lines(self, ctx: RunContext, proc: _Proc) -> None:
+        """Relay what a dead process printed last (its completion line counts too)."""
+        keep = []
+        while True:
             try:
-                slot.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                ev = self._events.get_nowait()
+            except queue.Empty:
+                break
+            keep.append(ev)
+        for kind, p, line in keep:
+            if p is proc and kind == "line":
+                ctx.emit(line if line.startswith("[") else f"[shard {p.slot.shard_id if p.slot else '?'}] {line}")
+            else:
+                self._events.put((kind, p, line))
+
+    def _stop_all(self, ctx: RunContext, procs: list[_Proc]) -> None:
+        """Close every worker: idle ones by closing stdin, busy ones by SIGTERM, then SIGKILL."""
+        busy = {p.slot.shard_id for p in procs if p.slot is not None}
+        for p in procs:
+            try:
+                if p.slot is not None:
+                    p.popen.send_signal(signal.SIGTERM)
+                elif p.popen.stdin and not p.popen.stdin.closed:
+                    p.popen.stdin.close()
+            except (ProcessLookupError, BrokenPipeError, OSError):
+                pass
+        deadline = time.monotonic() + self.kill_wait
+        for p in procs:
+            try:
+                p.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                slot.proc.kill()
-                slot.proc.wait()
-            slot.reader.join(timeout=5)
-            slot.log.close()
-        self._drain(ctx)
-        try:
-            ctx.mark_many({sid: {"state": "CANCELLED", "reason": "driver stopped"} for sid in running})
-        except Exception:  # the manifest is a cache; never mask the original error
-            pass
+                p.popen.kill()
+                p.popen.wait()
+            if p.reader is not None:
+                p.reader.join(timeout=5)
+            if p.log is not None:
+                p.log.close()
+        if busy:
+            try:
+                ctx.mark_many({sid: {"state": "CANCELLED", "reason": "driver stopped"} for sid in busy})
+            except Exception:  # the manifest is a cache; never mask the original error
+                pass

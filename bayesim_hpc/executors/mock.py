@@ -33,6 +33,7 @@ __all__ = ["MockSlurmExecutor"]
 
 class MockSlurmExecutor(LocalExecutor):
     name = "mock"
+    persistent = False  # each array element is its own process
 
     def __init__(self, workers: int | None = None, max_attempts: int = 3, *, max_array_size: int = 1001,
                  time_limit: float | None = None, signal_delay: float = 2.0, kill_wait: float = 5.0,
@@ -86,15 +87,14 @@ class MockSlurmExecutor(LocalExecutor):
                     if kind == "cancel":
                         slot.requeue = False
                         slot.kill_at = now + self.kill_wait
-        if self.time_limit is not None and slot.signalled is None:
+        if self.time_limit is not None:
             if age >= self.time_limit - self.signal_delay and not slot.faults.get("usr2"):
-                slot.faults["usr2"] = True
-                self._signal(slot, signal.SIGUSR2)
-            if age >= self.time_limit:
+                slot.faults["usr2"] = True  # like --signal=B:USR2@N: flush and stop before the limit
+                self._signal(slot, signal.SIGUSR2, "TIMEOUT")
+            if age >= self.time_limit and not slot.faults.get("term"):
+                slot.faults["term"] = True
                 self._signal(slot, signal.SIGTERM, "TIMEOUT")
                 slot.kill_at = now + self.kill_wait
-        if slot.faults.get("usr2") and slot.signalled is None and slot.proc.poll() is not None:
-            slot.signalled = "TIMEOUT"  # stopped on the warning signal before the limit
 
     def _should_requeue(self, slot: _Slot, state: str) -> bool:
         return self.requeue and state in ("TIMEOUT", "PREEMPTED", "NODE_FAIL", "FAILED") and slot.attempt < self.max_attempts

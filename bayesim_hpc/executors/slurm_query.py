@@ -1,0 +1,598 @@
+"""Talking to Slurm through its command-line tools: array limits, job states, polling, cancelling.
+
+Everything here is plain standard library and does not use submitit, so it can be used (and
+tested) on its own. Every function that runs a Slurm command takes ``run``: a callable with the
+semantics of :func:`subprocess.run` (it is called as ``run(argv, capture_output=True, text=True,
+timeout=..., check=False)`` and must return a :class:`subprocess.CompletedProcess`). Unit tests
+pass a fake that returns canned output; the default is :func:`subprocess.run`. Slurm clients find
+the cluster through ``SLURM_CONF`` in the environment, as usual.
+
+Facts about Slurm (22.05) this module relies on, checked on a real cluster:
+
+* ``MaxArraySize`` caps the highest array *index*: with ``MaxArraySize=11`` the indices 0..10
+  can be used, so an array of at most 11 elements that starts at index 0 (``split_array``).
+* ``sacct`` knows finished jobs for as long as the accounting database keeps them, but lags: a
+  job that ``squeue`` no longer shows can be missing from ``sacct`` for several seconds. Poll it.
+* ``sacct --name`` with a start time (``-S``) omits array elements that have never been eligible:
+  the pending remainder of a throttled array (``123_[4-9%2]``), held jobs, and elements cancelled
+  before they started. Passing the array job ids (``job_ids=``, i.e. ``sacct -j``) brings those
+  back as one range row, which is expanded here. An element cancelled on its own while pending
+  (``scancel 123_4``) leaves no record at all, in sacct or squeue; so callers must treat an element
+  missing from an array whose other elements are all terminal as lost, not as "still pending".
+* Without accounting, ``sacct`` prints "Slurm accounting storage is disabled" and exits 1.
+  ``squeue -t all`` then still shows finished jobs, but only for ``MinJobAge`` seconds (default
+  300) after they end; after that a finished job is simply gone. With the squeue fallback, a
+  job missing from the answer may therefore have finished long ago.
+* ``sacct`` prints ``CANCELLED by <uid>``; step rows (``123.batch``, ``123.extern``, ``123.0``)
+  are skipped; with ``--duplicates`` a requeued job has a ``REQUEUED`` row followed by its later
+  rows (the latest row per element wins).
+
+Scheduler calls are counted (:func:`call_counts`) so benchmarks can report how many were made.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, replace
+
+__all__ = [
+    "LOST_STATES",
+    "STATES",
+    "TERMINAL_STATES",
+    "AccountingDisabledError",
+    "CallCounts",
+    "JobState",
+    "Poller",
+    "Runner",
+    "SlurmCommandError",
+    "array_spec",
+    "call_counts",
+    "cancel_jobs",
+    "expand_array_indices",
+    "is_lost",
+    "is_terminal",
+    "max_array_size",
+    "normalise_state",
+    "parse_exit_code",
+    "parse_job_id",
+    "parse_sacct",
+    "parse_squeue",
+    "query_jobs",
+    "record_submit",
+    "reset_backend_cache",
+    "reset_call_counts",
+    "split_array",
+]
+
+Runner = Callable[..., "subprocess.CompletedProcess[str]"]
+"""A function with :func:`subprocess.run` semantics."""
+
+DEFAULT_TIMEOUT_S = 60.0
+SACCT_SINCE = "now-30days"
+SACCT_FORMAT = "JobID,State,ExitCode,Reason,JobName"  # JobName last: it may contain the delimiter
+SQUEUE_FORMAT = "%i|%T|%r|%j"
+_DELIM = "|"
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+class SlurmCommandError(RuntimeError):
+    """A Slurm command could not be run or failed. Keeps the command line and its output."""
+
+    def __init__(self, message: str, *, cmd: Sequence[str] = (), returncode: int | None = None,
+                 stdout: str = "", stderr: str = ""):
+        self.cmd, self.returncode, self.stdout, self.stderr = list(cmd), returncode, stdout, stderr
+        detail = (stderr or stdout).strip()
+        super().__init__(f"{message}: {detail}" if detail else message)
+
+
+class AccountingDisabledError(SlurmCommandError):
+    """``sacct`` says the cluster keeps no accounting (no slurmdbd): use ``squeue`` instead."""
+
+
+# --------------------------------------------------------------------------------------------- states
+
+STATES: tuple[str, ...] = (
+    "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL",
+    "OUT_OF_MEMORY", "REQUEUED", "BOOT_FAIL", "DEADLINE", "SUSPENDED", "UNKNOWN",
+)
+"""The normalised job states :class:`JobState` uses."""
+
+LOST_STATES: frozenset[str] = frozenset({
+    "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY", "FAILED", "BOOT_FAIL", "DEADLINE",
+})
+"""States of a job that ended without finishing its work."""
+
+TERMINAL_STATES: frozenset[str] = LOST_STATES | {"COMPLETED"}
+"""States after which the job will not run again on its own. ``REQUEUED`` is not one of them."""
+
+# squeue/sacct spellings (long names and squeue's short codes) that are not already in STATES
+_STATE_ALIASES = {
+    "PD": "PENDING", "R": "RUNNING", "CD": "COMPLETED", "F": "FAILED", "CA": "CANCELLED",
+    "TO": "TIMEOUT", "PR": "PREEMPTED", "NF": "NODE_FAIL", "OOM": "OUT_OF_MEMORY", "RQ": "REQUEUED",
+    "BF": "BOOT_FAIL", "DL": "DEADLINE", "S": "SUSPENDED",
+    # still running, or about to: not terminal
+    "CG": "RUNNING", "COMPLETING": "RUNNING", "CF": "RUNNING", "CONFIGURING": "RUNNING",
+    "SO": "RUNNING", "STAGE_OUT": "RUNNING", "SI": "RUNNING", "SIGNALING": "RUNNING",
+    "RS": "RUNNING", "RESIZING": "RUNNING",
+    # held in the queue (the reason says why)
+    "RH": "PENDING", "REQUEUE_HOLD": "PENDING", "RF": "PENDING", "REQUEUE_FED": "PENDING",
+    "RD": "PENDING", "RESV_DEL_HOLD": "PENDING", "SE": "PENDING", "SPECIAL_EXIT": "PENDING",
+    "ST": "SUSPENDED", "STOPPED": "SUSPENDED",
+    "RV": "CANCELLED", "REVOKED": "CANCELLED",
+}
+
+
+def normalise_state(raw: str) -> str:
+    """Map a state as sacct/squeue print it to one of :data:`STATES`.
+
+    ``"CANCELLED by 0"`` -> ``"CANCELLED"``; ``"CA"`` -> ``"CANCELLED"``; a truncated
+    ``"CANCELLED+"`` -> ``"CANCELLED"``; ``"COMPLETING"`` -> ``"RUNNING"``; anything unknown ->
+    ``"UNKNOWN"``.
+    """
+    words = raw.strip().upper().split()
+    if not words:
+        return "UNKNOWN"
+    word = words[0].rstrip("+")
+    if word in STATES:
+        return word
+    return _STATE_ALIASES.get(word, "UNKNOWN")
+
+
+def is_terminal(state: str) -> bool:
+    """True if a job in this state will not run again by itself (finished, failed or killed)."""
+    return normalise_state(state) in TERMINAL_STATES
+
+
+def is_lost(state: str) -> bool:
+    """True if the job ended without finishing: cancelled, timed out, preempted, failed, ..."""
+    return normalise_state(state) in LOST_STATES
+
+
+@dataclass(frozen=True)
+class JobState:
+    """One job or one array element as the scheduler reports it.
+
+    ``job_id`` is the id scancel/sacct accept: ``"123_4"`` for element 4 of array job 123 (even
+    when Slurm has given the element its own numeric id), ``"125"`` for a plain job.
+    ``exit_code`` is the process exit status and ``signal`` the signal that killed it, where
+    known (sacct ``ExitCode`` ``"3:0"``; squeue reports neither). ``raw_state`` is the state as
+    the scheduler printed it. ``reason`` is Slurm's reason text ("" for "None"): why a pending job
+    waits (``JobArrayTaskLimit``, ``JobHeldUser``, ...); squeue gives e.g. ``NonZeroExitCode`` for
+    a failed job, while sacct keeps the last pending reason on finished rows.
+    """
+
+    job_id: str
+    array_job_id: str | None
+    array_task_id: int | None
+    name: str
+    state: str
+    exit_code: int | None = None
+    reason: str = ""
+    signal: int | None = None
+    raw_state: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def lost(self) -> bool:
+        return self.state in LOST_STATES
+
+
+def parse_exit_code(text: str) -> tuple[int | None, int | None]:
+    """``"3:0"`` -> ``(3, 0)``; ``"0:15"`` -> ``(0, 15)``; empty or malformed -> ``(None, None)``."""
+    m = re.fullmatch(r"\s*(\d+)(?::(\d+))?\s*", text or "")
+    if not m:
+        return None, None
+    return int(m.group(1)), (int(m.group(2)) if m.group(2) is not None else None)
+
+
+def expand_array_indices(spec: str) -> list[int]:
+    """Expand Slurm's array index notation: ``"4-9%2"`` -> ``[4, ..., 9]``; ``"0,2"``; ``"1-7:2"``."""
+    spec = spec.strip().strip("[]").split("%", 1)[0]
+    out: list[int] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        m = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", part)
+        if not m:
+            raise ValueError(f"not an array index range: {part!r} (in {spec!r})")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        step = int(m.group(3)) if m.group(3) is not None else 1
+        if hi < lo or step < 1:
+            raise ValueError(f"bad array index range: {part!r}")
+        out.extend(range(lo, hi + 1, step))
+    return out
+
+
+_JOB_ID_RE = re.compile(r"(?P<base>\d+(?:\+\d+)?)(?:_(?:(?P<task>\d+)|\[(?P<range>[^\]]*)\]))?")
+
+
+def parse_job_id(text: str) -> tuple[str, list[int] | None, bool] | None:
+    """Split a job id as sacct/squeue print it.
+
+    Returns ``(base, tasks, is_range)``: ``"123_4"`` -> ``("123", [4], False)``;
+    ``"123_[4-9%2]"`` -> ``("123", [4..9], True)``; ``"125"`` -> ``("125", None, False)``.
+    Returns None for step rows (``"123.batch"``, ``"123_4.extern"``, ``"123.0"``) and garbage.
+    """
+    text = text.strip()
+    m = _JOB_ID_RE.fullmatch(text)
+    if not m:
+        return None
+    if m.group("task") is not None:
+        return m.group("base"), [int(m.group("task"))], False
+    if m.group("range") is not None:
+        return m.group("base"), expand_array_indices(m.group("range")), True
+    return m.group("base"), None, False
+
+
+def _collect(rows: Iterable[tuple[str, str, str, str, str]]) -> list[JobState]:
+    """Rows of (job id, raw state, exit code, reason, name) -> one JobState per job/element.
+
+    A later row for the same element replaces an earlier one (requeue history: latest wins),
+    and a row naming one element always beats an element expanded from a range row, whatever
+    the order (the range row is the array's pending/cancelled remainder).
+    """
+    found: dict[tuple[str, int | None], tuple[bool, JobState]] = {}
+    for job_id, raw_state, exit_text, reason, name in rows:
+        parsed = parse_job_id(job_id)
+        if parsed is None:
+            continue
+        base, tasks, is_range = parsed
+        code, sig = parse_exit_code(exit_text)
+        state = normalise_state(raw_state)
+        reason = "" if reason.strip() in ("", "None") else reason.strip()
+        for task in tasks if tasks is not None else [None]:
+            key = (base, task)
+            if is_range and key in found and found[key][0]:
+                continue  # an explicit row for this element wins
+            found[key] = (not is_range, JobState(
+                job_id=base if task is None else f"{base}_{task}",
+                array_job_id=None if task is None else base,
+                array_task_id=task,
+                name=name,
+                state=state,
+                exit_code=code,
+                reason=reason,
+                signal=sig,
+                raw_state=raw_state.strip(),
+            ))
+
+    def order(key: tuple[str, int | None]) -> tuple[int, str, int]:
+        base, task = key
+        head = base.split("+", 1)[0]
+        return (int(head) if head.isdigit() else 0, base, -1 if task is None else task)
+
+    return [found[k][1] for k in sorted(found, key=order)]
+
+
+def _split_rows(text: str, nfields: int) -> Iterable[tuple[str, ...]]:
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split(_DELIM, nfields - 1)
+        if len(parts) == nfields:
+            yield tuple(parts)
+
+
+def parse_sacct(text: str) -> list[JobState]:
+    """Parse ``sacct -P -n --format JobID,State,ExitCode,Reason,JobName`` output."""
+    return _collect(_split_rows(text, 5))  # type: ignore[arg-type]
+
+
+def parse_squeue(text: str) -> list[JobState]:
+    """Parse ``squeue -h -o '%i|%T|%r|%j'`` output (with or without ``-r``)."""
+    return _collect((jid, st, "", reason, name) for jid, st, reason, name in _split_rows(text, 4))
+
+
+# --------------------------------------------------------------------------------------------- counting
+
+
+@dataclass
+class CallCounts:
+    """How many scheduler commands were run, by kind."""
+
+    submit: int = 0
+    query: int = 0
+    cancel: int = 0
+    config: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.submit + self.query + self.cancel + self.config
+
+
+_counts = CallCounts()
+_counts_lock = threading.Lock()
+
+
+def _count(kind: str, n: int = 1) -> None:
+    with _counts_lock:
+        setattr(_counts, kind, getattr(_counts, kind) + n)
+
+
+def call_counts() -> CallCounts:
+    """A snapshot of the scheduler calls made so far in this process."""
+    with _counts_lock:
+        return replace(_counts)
+
+
+def reset_call_counts() -> None:
+    """Set all counters back to zero (e.g. at the start of a benchmark)."""
+    global _counts
+    with _counts_lock:
+        _counts = CallCounts()
+
+
+def record_submit(n: int = 1) -> None:
+    """Count ``n`` submissions made elsewhere (e.g. one ``sbatch`` per submitit array)."""
+    _count("submit", n)
+
+
+def _run(kind: str, cmd: list[str], run: Runner, timeout: float | None) -> subprocess.CompletedProcess[str]:
+    """Run one Slurm command, counting it. Raises SlurmCommandError if it cannot be started."""
+    _count(kind)
+    try:
+        return run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError as e:
+        raise SlurmCommandError(f"{cmd[0]} not found (is Slurm installed and on PATH?)", cmd=cmd) from e
+    except subprocess.TimeoutExpired as e:
+        raise SlurmCommandError(f"{cmd[0]} did not answer within {timeout} s", cmd=cmd) from e
+
+
+def _failed(proc: subprocess.CompletedProcess[str], cmd: list[str], what: str) -> SlurmCommandError:
+    return SlurmCommandError(f"{what} failed (exit {proc.returncode})", cmd=cmd, returncode=proc.returncode,
+                             stdout=proc.stdout or "", stderr=proc.stderr or "")
+
+
+# --------------------------------------------------------------------------------------------- arrays
+
+
+def max_array_size(*, run: Runner = subprocess.run, timeout: float | None = DEFAULT_TIMEOUT_S) -> int:
+    """The cluster's ``MaxArraySize`` from ``scontrol show config``.
+
+    It caps the highest array *index*: the largest usable index is ``MaxArraySize - 1``, so an
+    array indexed from 0 may have at most ``MaxArraySize`` elements.
+    """
+    cmd = ["scontrol", "show", "config"]
+    proc = _run("config", cmd, run, timeout)
+    if proc.returncode != 0:
+        raise _failed(proc, cmd, "scontrol show config")
+    m = re.search(r"^\s*MaxArraySize\s*=\s*(\d+)\s*$", proc.stdout or "", re.MULTILINE)
+    if not m:
+        raise SlurmCommandError("no MaxArraySize in `scontrol show config`", cmd=cmd, stdout=proc.stdout or "")
+    return int(m.group(1))
+
+
+def split_array(indices: Sequence[int], max_array_size: int) -> list[list[int]]:
+    """Split shard ids into batches that can each be submitted as one array indexed 0..len-1.
+
+    Order is kept; every batch but the last has exactly ``max_array_size`` elements (30 shards
+    with MaxArraySize 11 -> 11, 11, 8). Array index ``i`` of a batch runs shard ``batch[i]``.
+    """
+    if isinstance(max_array_size, bool) or not isinstance(max_array_size, int) or max_array_size < 1:
+        raise ValueError(f"max_array_size must be an integer >= 1, got {max_array_size!r}")
+    items = list(indices)
+    if len(set(items)) != len(items):
+        raise ValueError("shard ids must be unique")
+    return [items[i:i + max_array_size] for i in range(0, len(items), max_array_size)]
+
+
+def array_spec(n: int, throttle: int | None = None) -> str:
+    """The ``--array`` value for ``n`` elements indexed from 0: ``array_spec(30, 4) == "0-29%4"``.
+
+    ``throttle`` (at most that many elements run at once) is left out when it is None or not
+    smaller than ``n``.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"an array needs at least 1 element, got {n!r}")
+    if throttle is not None and (isinstance(throttle, bool) or not isinstance(throttle, int) or throttle < 1):
+        raise ValueError(f"throttle must be None or an integer >= 1, got {throttle!r}")
+    spec = "0" if n == 1 else f"0-{n - 1}"
+    if throttle is not None and throttle < n:
+        spec += f"%{throttle}"
+    return spec
+
+
+# --------------------------------------------------------------------------------------------- queries
+
+# Which query tool works, per cluster configuration: {(SLURM_CONF, its mtime): sacct works?}.
+# Keyed on the config file's mtime so that a cluster reconfigured (accounting turned on/off)
+# is probed again.
+_backend_cache: dict[tuple[str, int], bool] = {}
+_ACCOUNTING_DISABLED = re.compile(r"accounting storage is disabled", re.IGNORECASE)
+
+
+def _config_key() -> tuple[str, int]:
+    conf = os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")
+    try:
+        return conf, os.stat(conf).st_mtime_ns
+    except OSError:
+        return conf, 0
+
+
+def reset_backend_cache() -> None:
+    """Forget which query tool (sacct or squeue) worked."""
+    _backend_cache.clear()
+
+
+def _check_name(name: str) -> None:
+    if not name or "," in name or _DELIM in name or name != name.strip():
+        raise ValueError(f"job name must be non-empty, without ',' or '|' or surrounding blanks: {name!r}")
+
+
+def _query_sacct(name: str, job_ids: Sequence[str] | None, since: str, run: Runner,
+                 timeout: float | None) -> list[JobState]:
+    cmd = ["sacct", "--name", name, "-X", "-P", "-n", "-S", since, "--format", SACCT_FORMAT]
+    if job_ids:
+        cmd += ["-j", ",".join(job_ids)]
+    proc = _run("query", cmd, run, timeout)
+    if proc.returncode != 0:
+        text = f"{proc.stderr or ''}\n{proc.stdout or ''}"
+        err = AccountingDisabledError if _ACCOUNTING_DISABLED.search(text) else SlurmCommandError
+        raise err(f"sacct failed (exit {proc.returncode})", cmd=cmd, returncode=proc.returncode,
+                  stdout=proc.stdout or "", stderr=proc.stderr or "")
+    return parse_sacct(proc.stdout or "")
+
+
+def _query_squeue(name: str, job_ids: Sequence[str] | None, run: Runner, timeout: float | None) -> list[JobState]:
+    # -t all: also jobs that ended less than MinJobAge ago; -r: one line per array element.
+    # No -j: squeue rejects the whole call if one id has already been purged.
+    cmd = ["squeue", "--name", name, "-h", "-r", "-t", "all", "-o", SQUEUE_FORMAT]
+    proc = _run("query", cmd, run, timeout)
+    if proc.returncode != 0:
+        raise _failed(proc, cmd, "squeue")
+    states = parse_squeue(proc.stdout or "")
+    if job_ids:
+        wanted = {str(j) for j in job_ids}
+        states = [s for s in states if s.job_id in wanted or s.array_job_id in wanted]
+    return states
+
+
+def query_jobs(name: str, *, job_ids: Iterable[str | int] | None = None, use_sacct: bool | None = None,
+               since: str = SACCT_SINCE, run: Runner = subprocess.run,
+               timeout: float | None = DEFAULT_TIMEOUT_S) -> list[JobState]:
+    """All jobs (one entry per array element) with job name ``name``, in one scheduler call.
+
+    ``use_sacct=None`` (default) asks ``sacct`` (``sacct --name NAME -X -P -n -S since``) and falls
+    back to ``squeue --name NAME -h -r -t all`` when sacct fails; when it failed because the
+    cluster has no accounting, squeue is used directly from then on (until the cluster's
+    ``SLURM_CONF`` file changes). ``True`` forces sacct (raising :class:`AccountingDisabledError`
+    if there is none), ``False`` forces squeue.
+
+    ``job_ids``: the (array) job ids you submitted under this name. With sacct they are passed as
+    ``-j``, which is the only way sacct reports array elements that have not been eligible yet
+    (the pending part of a throttled array, held jobs) or were cancelled before they started.
+    With squeue the answer is filtered to them.
+
+    Caveats: sacct lags a few seconds behind the scheduler; squeue forgets a finished job
+    ``MinJobAge`` seconds (300 by default) after it ended, so with the fallback a missing job
+    may have finished long ago. Entries are ordered by job id and array index.
+    """
+    _check_name(name)
+    ids = [str(j) for j in job_ids] if job_ids is not None else None
+    if use_sacct is False:
+        return _query_squeue(name, ids, run, timeout)
+    if use_sacct is True:
+        return _query_sacct(name, ids, since, run, timeout)
+    key = _config_key()
+    if _backend_cache.get(key) is False:
+        return _query_squeue(name, ids, run, timeout)
+    try:
+        states = _query_sacct(name, ids, since, run, timeout)
+    except AccountingDisabledError:
+        _backend_cache[key] = False
+        return _query_squeue(name, ids, run, timeout)
+    except SlurmCommandError:
+        # e.g. slurmdbd briefly unreachable, or no sacct binary: answer from squeue this time
+        return _query_squeue(name, ids, run, timeout)
+    _backend_cache[key] = True
+    return states
+
+
+# --------------------------------------------------------------------------------------------- cancel
+
+_HARMLESS_SCANCEL = re.compile(r"already completing or completed|invalid job id specified", re.IGNORECASE)
+
+
+def cancel_jobs(job_ids: Iterable[str | int], *, signal: str | None = None, run: Runner = subprocess.run,
+                timeout: float | None = DEFAULT_TIMEOUT_S, chunk: int = 500) -> int:
+    """Cancel jobs or array elements (``"123"``, ``"123_4"``) with ``scancel``; returns the calls made.
+
+    One call per ``chunk`` ids (one call for any usual number). ``signal`` (e.g. ``"USR2"``)
+    sends that signal instead of cancelling. Ids that have already ended are not an error.
+    """
+    ids = [str(j) for j in job_ids]
+    calls = 0
+    for i in range(0, len(ids), max(1, chunk)):
+        cmd = ["scancel", *([f"--signal={signal}"] if signal else []), *ids[i:i + max(1, chunk)]]
+        proc = _run("cancel", cmd, run, timeout)
+        calls += 1
+        if proc.returncode != 0:
+            errors = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
+            if not errors or not all(_HARMLESS_SCANCEL.search(ln) for ln in errors):
+                raise _failed(proc, cmd, "scancel")
+    return calls
+
+
+# --------------------------------------------------------------------------------------------- polling
+
+
+class Poller:
+    """How long to wait before the next scheduler query: back-off plus a rate limit.
+
+    After each query call :meth:`observe` (with the states it returned) or :meth:`record` (with
+    whether anything changed); it returns the seconds to wait before the next query.
+
+    * Back-off: ``initial_delay`` after a change (or the first query), then multiplied by
+      ``factor`` after each query that saw no change, up to ``max_delay``.
+    * Rate limit (token bucket): at most ``burst`` queries in quick succession, refilled at one
+      per ``min_interval`` seconds. So in steady state, even when states change at every query,
+      there is never more than one query per ``min_interval`` (10 s by default); after a quiet
+      spell a change is followed by a few quick queries. ``min_interval=0`` disables the limit.
+
+    ``clock`` (monotonic seconds) is injectable for tests; nothing here sleeps except :meth:`wait`.
+    """
+
+    def __init__(self, *, initial_delay: float = 2.0, max_delay: float = 60.0, factor: float = 2.0,
+                 min_interval: float = 10.0, burst: int = 3, clock: Callable[[], float] = time.monotonic):
+        if initial_delay < 0 or max_delay < initial_delay:
+            raise ValueError("need 0 <= initial_delay <= max_delay")
+        if factor < 1:
+            raise ValueError("factor must be >= 1")
+        if min_interval < 0 or burst < 1:
+            raise ValueError("need min_interval >= 0 and burst >= 1")
+        self.initial_delay, self.max_delay, self.factor = float(initial_delay), float(max_delay), float(factor)
+        self.min_interval, self.burst, self._clock = float(min_interval), int(burst), clock
+        self.queries = 0
+        self._backoff: float | None = None
+        self._tokens = float(burst)
+        self._last_query: float | None = None
+        self._last_snapshot: Hashable = object()
+        self.next_due: float | None = None
+
+    def reset(self) -> None:
+        """Start the back-off again from ``initial_delay`` (the rate limit still applies)."""
+        self._backoff = None
+
+    def observe(self, states: Iterable[JobState]) -> float:
+        """Record a query that returned ``states``; the delay resets if any job's state changed."""
+        snapshot = frozenset((s.job_id, s.state) for s in states)
+        changed = snapshot != self._last_snapshot
+        self._last_snapshot = snapshot
+        return self.record(changed)
+
+    def record(self, changed: bool) -> float:
+        """Record a query made now; ``changed``: did it see anything new. Returns the next delay."""
+        now = self._clock()
+        self.queries += 1
+        if self.min_interval > 0:
+            if self._last_query is not None:
+                self._tokens = min(float(self.burst), self._tokens + (now - self._last_query) / self.min_interval)
+            self._tokens -= 1.0
+        self._last_query = now
+        if changed or self._backoff is None:
+            self._backoff = self.initial_delay
+        else:
+            self._backoff = min(self.max_delay, self._backoff * self.factor)
+        # the next query may only be made once the bucket holds a whole token again
+        wait_for_token = max(0.0, (1.0 - self._tokens) * self.min_interval) if self.min_interval > 0 else 0.0
+        delay = max(self._backoff, wait_for_token)
+        self.next_due = now + delay
+        return delay
+
+    def remaining(self) -> float:
+        """Seconds until the next query is due (0 if due now or nothing was recorded yet)."""
+        return 0.0 if self.next_due is None else max(0.0, self.next_due - self._clock())
+
+    def wait(self, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Sleep until the next query is due."""
+        delay = self.remaining()
+        if delay > 0:
+            sleep(delay)

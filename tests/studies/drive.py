@@ -1,0 +1,35 @@
+"""Drive a drill study from a separate process: run | resume | reduce.
+
+    python -m tests.studies.drive run RESULT_DIR [--executor local] [--workers 2] [--delay S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bayesim_hpc import reduce_results, resume_simulation, run_simulation
+
+from .linear import drill_config
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["run", "resume", "reduce"])
+    ap.add_argument("result_dir")
+    ap.add_argument("--executor", default="local")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--delay", type=float, default=0.0)
+    args = ap.parse_args()
+    if args.what == "run":
+        run_simulation(drill_config(args.result_dir, delay=args.delay), args.executor, workers=args.workers,
+                       progress=False)
+    elif args.what == "resume":
+        resume_simulation(args.result_dir, args.executor, workers=args.workers, progress=False)
+    else:
+        reduce_results(args.result_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
