@@ -1,0 +1,433 @@
+#!/usr/bin/env bash
+# local-slurm.sh - a real one-node Slurm cluster (Debian 12 packages, Slurm 22.05) for tests.
+#
+# Usage (as root; no systemd needed):
+#   eval "$(scripts/local-slurm.sh start)"   # exports SLURM_CONF (all that clients need)
+#
+# Verbs:
+#   start    install the packages if missing, write the config (only while none of our Slurm
+#            daemons runs), start munged [+ mariadbd + slurmdbd] + slurmctld + slurmd, wait until
+#            the node is idle. Idempotent: on a running cluster it only prints the exports.
+#            Prints `export VAR=...` lines on stdout; all progress goes to stderr.
+#   restart  stop the Slurm daemons (cancelling all jobs), rewrite the config from the current
+#            settings, start again. Use it to change MaxArraySize or accounting.
+#   stop     cancel all jobs, stop the daemons this script started (by its own pid files).
+#            State (job ids, accounting DB) is kept.
+#   status   which daemons run, the active settings and sinfo. Exit 1 if the cluster is not up.
+#   env      print the export lines.
+#   install  only install the Debian packages (used by docker/Dockerfile).
+#   purge    stop, then delete $LOCAL_SLURM_DIR (next start: fresh job ids and DB).
+#
+# Settings (environment variables; they take effect on `start` of a stopped cluster or `restart`):
+#   LOCAL_SLURM_DIR             state/config/log directory, default /tmp/slurm-test
+#   LOCAL_SLURM_MAX_ARRAY_SIZE  MaxArraySize, default 10001 (highest array index = value - 1)
+#   LOCAL_SLURM_ACCOUNTING      1 (default) = MariaDB + slurmdbd, so `sacct` works
+#                               0 = no accounting; sacct fails ("accounting storage is disabled")
+#   LOCAL_SLURM_CPUS            CPUs declared for the node (oversubscribes real cores), default 8
+#   LOCAL_SLURM_MEM_MB          RealMemory of the node in MB, default 16000
+#   LOCAL_SLURM_CRED_EXPIRE     seconds before a requeued job may start again, default 10
+#   LOCAL_SLURM_MIN_JOB_AGE     seconds slurmctld (squeue/scontrol) keeps finished jobs, default 300
+#   LOCAL_SLURM_CTLD_PORT / _SLURMD_PORT / _DBD_PORT / _MYSQL_PORT  6817 / 6818 / 6819 / 16033
+#   LOCAL_SLURM_TIMEOUT         seconds to wait for each daemon, default 60
+#
+# No cgroups (proctrack/linuxproc, task/none): --mem is checked at submit time only.
+# Everything lives under $LOCAL_SLURM_DIR; nothing in /etc or /run is written by this script
+# (apt-get install writes its usual places). Calls are serialised with a lock file.
+set -euo pipefail
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"   # the daemons live in sbin
+
+DIR=${LOCAL_SLURM_DIR:-/tmp/slurm-test}
+DIR=${DIR%/}
+MAX_ARRAY_SIZE=${LOCAL_SLURM_MAX_ARRAY_SIZE:-10001}
+ACCOUNTING=${LOCAL_SLURM_ACCOUNTING:-1}
+CPUS=${LOCAL_SLURM_CPUS:-8}
+MEM_MB=${LOCAL_SLURM_MEM_MB:-16000}
+CRED_EXPIRE=${LOCAL_SLURM_CRED_EXPIRE:-10}
+MIN_JOB_AGE=${LOCAL_SLURM_MIN_JOB_AGE:-300}
+CTLD_PORT=${LOCAL_SLURM_CTLD_PORT:-6817}
+SLURMD_PORT=${LOCAL_SLURM_SLURMD_PORT:-6818}
+DBD_PORT=${LOCAL_SLURM_DBD_PORT:-6819}
+MYSQL_PORT=${LOCAL_SLURM_MYSQL_PORT:-16033}
+WAIT_S=${LOCAL_SLURM_TIMEOUT:-60}
+
+ETC=$DIR/etc RUN=$DIR/run LOG=$DIR/log STATE=$DIR/state
+MUNGE_DIR=$DIR/munge
+MUNGE_SOCK=$MUNGE_DIR/munge.socket.2
+DB_DIR=$DIR/mysql
+SETTINGS=$ETC/settings.env          # the settings the written config was made from
+APT_LOG=${TMPDIR:-/tmp}/local-slurm-apt.log
+NODE=$(hostname -s)
+export SLURM_CONF=$ETC/slurm.conf
+
+log() { echo "[local-slurm] $*" >&2; }
+die() { echo "[local-slurm] ERROR: $*" >&2; exit 1; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+check_settings() {
+  if ! is_uint "$MAX_ARRAY_SIZE" || [ "$MAX_ARRAY_SIZE" -lt 1 ] || [ "$MAX_ARRAY_SIZE" -gt 4000001 ]; then
+    die "LOCAL_SLURM_MAX_ARRAY_SIZE must be an integer in 1..4000001, got '$MAX_ARRAY_SIZE'"
+  fi
+  [[ $ACCOUNTING = [01] ]] || die "LOCAL_SLURM_ACCOUNTING must be 0 or 1, got '$ACCOUNTING'"
+  local v
+  for v in CPUS MEM_MB CRED_EXPIRE MIN_JOB_AGE CTLD_PORT SLURMD_PORT DBD_PORT MYSQL_PORT WAIT_S; do
+    is_uint "${!v}" || die "LOCAL_SLURM_$v must be a non-negative integer, got '${!v}'"
+  done
+}
+
+# ---------------------------------------------------------------- daemons and pid files
+# Only PIDs from our own pid files are ever signalled, and only if /proc/PID/exe is the expected
+# program (guards against PID reuse). Debian installs slurmd/slurmctld as *-wlm alternatives.
+pidfile() { echo "$RUN/$1.pid"; }
+running() {  # daemon name -> prints its pid, or fails
+  local f pid exe
+  f=$(pidfile "$1")
+  [ -s "$f" ] || return 1
+  pid=$(tr -dc '0-9' <"$f")
+  [ -n "$pid" ] && [ -d "/proc/$pid" ] || return 1
+  exe=$(basename "$(readlink "/proc/$pid/exe" 2>/dev/null)")
+  [ "$exe" = "$1" ] || [ "$exe" = "$1-wlm" ] || return 1
+  echo "$pid"
+}
+any_running() { local n; for n in "$@"; do running "$n" >/dev/null && return 0; done; return 1; }
+
+wait_for() {  # description command...
+  local what=$1 t0 i
+  shift
+  t0=$(now)
+  for ((i = 0; i < WAIT_S * 5; i++)); do
+    if "$@" >/dev/null 2>&1; then log "$what ready after $(since "$t0")s"; return 0; fi
+    sleep 0.2
+  done
+  die "$what not ready after ${WAIT_S}s (logs in $LOG)"
+}
+
+node_state() { sinfo -h -n "$NODE" -o %T 2>/dev/null; }
+node_usable() { node_state | grep -qxE 'idle|mixed|allocated|completing'; }
+
+# ---------------------------------------------------------------- install
+install_packages() {  # accounting(0/1)
+  local need=()
+  command -v slurmctld >/dev/null || need+=(slurmctld)
+  command -v slurmd >/dev/null || need+=(slurmd)
+  command -v sbatch >/dev/null || need+=(slurm-client)
+  command -v munged >/dev/null || need+=(munge)
+  if [ "$1" = 1 ]; then
+    command -v slurmdbd >/dev/null || need+=(slurmdbd)
+    command -v mariadbd >/dev/null || need+=(mariadb-server)
+  fi
+  [ ${#need[@]} -eq 0 ] && return 0
+  command -v apt-get >/dev/null || die "missing ${need[*]} and no apt-get to install them"
+  log "installing ${need[*]} (log: $APT_LOG) ..."
+  local t0 made_policy=0
+  t0=$(now)
+  # keep the packages' maintainer scripts from starting system services
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  local ok=1
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-get install -y --no-install-recommends "${need[@]}" >"$APT_LOG" 2>&1; then
+    log "apt-get install failed; running apt-get update and retrying"
+    { apt-get update && apt-get install -y --no-install-recommends "${need[@]}"; } >>"$APT_LOG" 2>&1 || ok=0
+  fi
+  [ $made_policy = 1 ] && rm -f /usr/sbin/policy-rc.d
+  [ $ok = 1 ] || die "apt-get install ${need[*]} failed, see $APT_LOG"
+  log "installed in $(since "$t0")s"
+}
+
+# ---------------------------------------------------------------- config
+write_configs() {
+  mkdir -p "$ETC" "$RUN" "$LOG" "$STATE/ctld" "$STATE/d" "$MUNGE_DIR"
+  chmod 755 "$DIR" "$MUNGE_DIR"   # munged refuses a socket dir that is not world-executable
+  [ -s "$MUNGE_DIR/munge.key" ] || dd if=/dev/urandom of="$MUNGE_DIR/munge.key" bs=1024 count=1 status=none
+  chmod 600 "$MUNGE_DIR/munge.key"
+
+  local acct
+  if [ "$ACCOUNTING" = 1 ]; then
+    # AccountingStoragePass is the MUNGE socket for the slurmdbd connection (AuthInfo is ignored there)
+    acct="AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort=$DBD_PORT
+AccountingStoragePass=$MUNGE_SOCK
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=30"
+  else
+    acct="AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none"
+  fi
+
+  cat >"$SLURM_CONF" <<EOF
+# generated by local-slurm.sh
+ClusterName=localtest
+SlurmctldHost=$NODE(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=$MUNGE_SOCK,cred_expire=$CRED_EXPIRE
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
+StateSaveLocation=$STATE/ctld
+SlurmdSpoolDir=$STATE/d
+SlurmctldPidFile=$(pidfile slurmctld)
+SlurmdPidFile=$(pidfile slurmd)
+SlurmctldLogFile=$LOG/slurmctld.log
+SlurmdLogFile=$LOG/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+MailProg=/bin/true
+MpiDefault=none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+$acct
+JobCompType=jobcomp/filetxt
+JobCompLoc=$LOG/jobcomp.txt
+SchedulerType=sched/backfill
+SchedulerParameters=batch_sched_delay=0,sched_interval=2,bf_interval=5
+# trust the CPU count below even if the machine has fewer cores (oversubscription)
+SlurmdParameters=config_overrides
+ReturnToService=2
+MaxArraySize=$MAX_ARRAY_SIZE
+MaxJobCount=100000
+MinJobAge=$MIN_JOB_AGE
+KillWait=5
+InactiveLimit=0
+SlurmctldTimeout=30
+SlurmdTimeout=60
+Waittime=0
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
+PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+PartitionName=other Nodes=$NODE Default=NO MaxTime=INFINITE State=UP
+EOF
+
+  if [ "$ACCOUNTING" = 1 ]; then
+    # slurmdbd reads slurmdbd.conf next to $SLURM_CONF; it must be mode 600
+    cat >"$ETC/slurmdbd.conf" <<EOF
+# generated by local-slurm.sh
+AuthType=auth/munge
+AuthInfo=socket=$MUNGE_SOCK
+DbdHost=$NODE
+DbdAddr=127.0.0.1
+DbdPort=$DBD_PORT
+SlurmUser=root
+PidFile=$(pidfile slurmdbd)
+LogFile=$LOG/slurmdbd.log
+DebugLevel=info
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$MYSQL_PORT
+StorageUser=root
+StorageLoc=slurm_acct_db
+EOF
+    chmod 600 "$ETC/slurmdbd.conf"
+  else
+    rm -f "$ETC/slurmdbd.conf"
+  fi
+
+  cat >"$SETTINGS" <<EOF
+ACTIVE_MAX_ARRAY_SIZE=$MAX_ARRAY_SIZE
+ACTIVE_ACCOUNTING=$ACCOUNTING
+ACTIVE_CPUS=$CPUS
+ACTIVE_MEM_MB=$MEM_MB
+EOF
+  echo "export SLURM_CONF=$SLURM_CONF" >"$DIR/env.sh"
+  log "wrote $SLURM_CONF (MaxArraySize=$MAX_ARRAY_SIZE, accounting=$ACCOUNTING, CPUs=$CPUS)"
+}
+
+# ---------------------------------------------------------------- start
+start_munged() {
+  running munged >/dev/null && return 0
+  munged --socket="$MUNGE_SOCK" --key-file="$MUNGE_DIR/munge.key" --pid-file="$(pidfile munged)" \
+    --seed-file="$MUNGE_DIR/munged.seed" --log-file="$LOG/munged.log" </dev/null >>"$LOG/munged.out" 2>&1 9>&-
+  wait_for munged bash -c "munge --socket='$MUNGE_SOCK' -n | unmunge --socket='$MUNGE_SOCK'"
+}
+
+start_mariadb() {
+  running mariadbd >/dev/null && return 0
+  mkdir -p "$DB_DIR"
+  if [ ! -d "$DB_DIR/data/mysql" ]; then
+    mariadb-install-db --no-defaults --datadir="$DB_DIR/data" --user=root \
+      --auth-root-authentication-method=normal --skip-test-db >"$LOG/mariadb-install.log" 2>&1 \
+      || die "mariadb-install-db failed, see $LOG/mariadb-install.log"
+  fi
+  # mariadbd does not daemonize: detach it (setsid, no inherited stdio); it writes its pid file
+  setsid /usr/sbin/mariadbd --no-defaults --datadir="$DB_DIR/data" --socket="$DB_DIR/mysqld.sock" \
+    --pid-file="$(pidfile mariadbd)" --port="$MYSQL_PORT" --bind-address=127.0.0.1 --user=root \
+    --skip-name-resolve --log-error="$LOG/mariadb.log" --innodb-buffer-pool-size=256M \
+    --innodb-log-file-size=64M --innodb-lock-wait-timeout=900 </dev/null >>"$LOG/mariadb.out" 2>&1 9>&- &
+  wait_for mariadbd mariadb --no-defaults -h127.0.0.1 -P"$MYSQL_PORT" -uroot -e 'select 1'
+  wait_for "mariadbd pid file" running mariadbd
+}
+
+start_slurmdbd() {
+  running slurmdbd >/dev/null && return 0
+  slurmdbd </dev/null >>"$LOG/slurmdbd.out" 2>&1 9>&-
+  wait_for slurmdbd sacctmgr -n -P list cluster format=cluster
+}
+
+start_slurmctld() {
+  running slurmctld >/dev/null && return 0
+  slurmctld </dev/null >>"$LOG/slurmctld.out" 2>&1 9>&-
+  wait_for slurmctld scontrol ping
+}
+
+start_slurmd() {
+  running slurmd >/dev/null && return 0
+  slurmd -N "$NODE" </dev/null >>"$LOG/slurmd.out" 2>&1 9>&-
+  wait_for "node $NODE" node_usable
+}
+
+active() {  # setting name (MAX_ARRAY_SIZE, ACCOUNTING, ...) -> value the written config uses
+  local v
+  v=$(sed -n "s/^ACTIVE_$1=//p" "$SETTINGS" 2>/dev/null)
+  echo "${v:-?}"
+}
+
+print_env() {
+  echo "export SLURM_CONF=$SLURM_CONF"
+  echo "export LOCAL_SLURM_DIR=$DIR"
+}
+
+cmd_start() {
+  local t0 acct
+  t0=$(now)
+  install_packages "$ACCOUNTING"
+  if ! any_running slurmctld slurmd slurmdbd || [ ! -s "$SETTINGS" ]; then
+    write_configs
+  elif [ "$(active MAX_ARRAY_SIZE)" != "$MAX_ARRAY_SIZE" ] || [ "$(active ACCOUNTING)" != "$ACCOUNTING" ]; then
+    log "WARNING: cluster already runs with MaxArraySize=$(active MAX_ARRAY_SIZE) accounting=$(active ACCOUNTING);" \
+        "requested $MAX_ARRAY_SIZE/$ACCOUNTING is ignored (use 'restart' to apply it)"
+  fi
+  acct=$(active ACCOUNTING)
+  start_munged
+  if [ "$acct" = 1 ]; then
+    install_packages 1
+    start_mariadb
+    start_slurmdbd
+  fi
+  start_slurmctld
+  start_slurmd
+  if ! node_usable; then   # e.g. left DOWN/DRAINED by an earlier run
+    log "node $NODE is $(node_state); resuming it"
+    scontrol update nodename="$NODE" state=resume >/dev/null 2>&1 || true
+    wait_for "node $NODE" node_usable
+  fi
+  log "cluster up in $(since "$t0")s (MaxArraySize=$(active MAX_ARRAY_SIZE), accounting=$acct)"
+  print_env
+}
+
+# ---------------------------------------------------------------- stop
+stop_group() {  # daemon names: SIGTERM together, wait up to 10 s, then SIGKILL
+  local n pid t0 i alive pids=() names=()
+  t0=$(now)
+  for n in "$@"; do
+    pid=$(running "$n") || continue
+    kill -TERM "$pid" 2>/dev/null || true
+    pids+=("$pid")
+    names+=("$n")
+  done
+  [ ${#pids[@]} -eq 0 ] && return 0
+  for ((i = 0; i < 100; i++)); do
+    alive=0
+    for pid in "${pids[@]}"; do [ -d "/proc/$pid" ] && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do
+    if [ -d "/proc/$pid" ]; then
+      log "pid $pid still alive after 10s: SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
+  log "stopped ${names[*]} in $(since "$t0")s"
+}
+
+cancel_all_jobs() {  # so no slurmstepd or job process outlives slurmd
+  running slurmctld >/dev/null || return 0
+  local jobs i
+  jobs=$(squeue -h -o %A 2>/dev/null | sort -u | tr '\n' ' ')
+  [ -n "${jobs// /}" ] || return 0
+  log "cancelling jobs: $jobs"
+  # shellcheck disable=SC2086
+  scancel $jobs 2>/dev/null || true
+  for ((i = 0; i < 75; i++)); do
+    [ -z "$(squeue -h -o %A 2>/dev/null)" ] && break
+    sleep 0.2
+  done
+}
+
+stop_slurm() {  # Slurm daemons only; munged and mariadbd keep running
+  cancel_all_jobs
+  stop_group slurmd slurmctld
+  stop_group slurmdbd   # after slurmctld, so it has received the last job records
+}
+
+cmd_stop() {
+  stop_slurm
+  stop_group mariadbd munged
+}
+
+cmd_restart() {
+  local t0
+  t0=$(now)
+  stop_slurm
+  [ "$ACCOUNTING" = 1 ] || stop_group mariadbd
+  cmd_start
+  log "restarted in $(since "$t0")s"
+}
+
+cmd_status() {
+  local n pid rc=0 acct
+  acct=$(active ACCOUNTING)
+  for n in munged mariadbd slurmdbd slurmctld slurmd; do
+    if pid=$(running "$n"); then
+      echo "$n: running (pid $pid)"
+    else
+      echo "$n: not running"
+      case $n in mariadbd | slurmdbd) [ "$acct" = 1 ] && rc=1 ;; *) rc=1 ;; esac
+    fi
+  done
+  echo "settings: MaxArraySize=$(active MAX_ARRAY_SIZE) accounting=$acct CPUs=$(active CPUS) dir=$DIR"
+  if [ $rc = 0 ]; then sinfo || rc=1; fi
+  return $rc
+}
+
+cmd_purge() {
+  cmd_stop
+  if [ -e "$DIR" ] && ! grep -qs 'generated by local-slurm.sh' "$SLURM_CONF"; then
+    die "refusing to delete $DIR: it has no $SLURM_CONF written by this script"
+  fi
+  rm -rf "$DIR"
+  log "removed $DIR"
+}
+
+# ---------------------------------------------------------------- main
+verb=${1:-}
+case $verb in
+  env) print_env; exit 0 ;;
+  status) cmd_status; exit ;;   # read-only: no lock
+  start | restart | stop | install | purge) ;;
+  *) echo "usage: $0 start|restart|stop|status|env|install|purge" >&2; exit 2 ;;
+esac
+[ "$(id -u)" = 0 ] || die "must run as root (slurmd and this setup need root)"
+check_settings
+
+# One verb at a time per cluster directory (the lock file lives next to it, so purge can remove it).
+# fd 9 holds the lock; every daemon is started with 9>&- so that it does not inherit it.
+mkdir -p "$(dirname "$DIR")"
+exec 9>"$DIR.lock"
+flock -w 300 9 || die "another local-slurm.sh call holds $DIR.lock"
+
+case $verb in
+  start) cmd_start ;;
+  restart) cmd_restart ;;
+  stop) cmd_stop ;;
+  install) install_packages "$ACCOUNTING" ;;
+  purge) cmd_purge ;;
+esac
