@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from .reduce import select_winners
 from .resultdir import ResultDir
-from .storage import CorruptSegment, iter_segment_paths, read_rows
+from .storage import iter_segment_paths
 
 __all__ = ["list_checkpoints", "clean_old_checkpoints", "estimate_size", "CleanReport"]
 
@@ -57,25 +58,11 @@ def clean_old_checkpoints(path: str | Path, keep_n: int = 3) -> CleanReport:
 
     for tmp in rd.shards_dir.glob("*/.*.tmp") if rd.shards_dir.exists() else []:
         drop(tmp)
-    n = rd.read_frozen().n_tasks
-    best = np.full(n, -1, dtype=np.int64)
-    owner = np.full(n, -1, dtype=np.int64)
-    segs = list(iter_segment_paths(rd.path))
-    tables = []
-    for k, p in enumerate(segs):
-        try:
-            rows = read_rows(p, columns=())
-        except CorruptSegment:
-            drop(p)
-            continue
-        success = np.array([s == "success" for s in rows.strings["status"]], dtype=np.int64)
-        score = (success << 50) | (rows.attempts.astype(np.int64) << 30) | k
-        better = score > best[rows.index]
-        best[rows.index[better]] = score[better]
-        owner[rows.index[better]] = k
-        tables.append((k, p, rows.index))
-    for k, p, index in tables:
-        if not np.any(owner[index] == k):
+    win = select_winners(rd, rd.read_frozen().n_tasks, columns=())
+    for seg, _ in win.corrupt:
+        drop(rd.path / seg)
+    for k, p in enumerate(win.segments):
+        if win.rows_won(k)[0].size == 0:
             drop(p)
     discarded = sorted(rd.path.glob("shards.discarded-*"))
     for d in discarded[: max(0, len(discarded) - keep_n)]:

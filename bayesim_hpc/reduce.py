@@ -33,7 +33,7 @@ from .aggregate import cell_measures
 from .resultdir import ResultDir
 from .storage import STR_COLS, CorruptSegment, fsync_dir, iter_segment_paths, read_rows
 
-__all__ = ["reduce_results", "ReduceOutcome", "read_summary", "summary_is_current"]
+__all__ = ["reduce_results", "ReduceOutcome", "read_summary", "summary_is_current", "select_winners", "Winners"]
 
 _STR = h5py.string_dtype("utf-8")
 _FRONT = ["task_id", "status"]
@@ -56,23 +56,34 @@ def _grid_frame(raw: dict[str, Any], key: str) -> pd.DataFrame:
     return pd.DataFrame(raw[key])
 
 
-def reduce_results(result_dir: str | Path, cell_block_rows: int = 50_000) -> ReduceOutcome:
-    """Write ``summary.h5`` and ``cells.csv`` from the segments; see the module docstring."""
-    t0 = time.perf_counter()
-    rd = ResultDir(result_dir)
-    frozen = rd.read_frozen()
-    raw = frozen.raw
-    n, n_rep = frozen.n_tasks, int(raw["n_replicates"])
-    score = np.full(n, -1, dtype=np.int64)
-    seg_of = np.full(n, -1, dtype=np.int32)
-    row_of = np.full(n, -1, dtype=np.int32)
+@dataclass
+class Winners:
+    """For each task, which segment row represents it (``seg_of == -1``: no row)."""
+
+    seg_of: np.ndarray
+    row_of: np.ndarray
+    segments: list[Path]
+    corrupt: list[tuple[str, str]]
+    colnames: list[str]
+
+    def rows_won(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(task indices, row numbers) that segment ``k`` supplies."""
+        wins = np.flatnonzero(self.seg_of == k)
+        return wins, self.row_of[wins]
+
+
+def select_winners(rd: ResultDir, n_tasks: int, columns: Iterable[str] | None = None) -> Winners:
+    """Choose one row per task across all valid segments: a success over a failure, then
+    the later attempt, then the later segment in file order. Reads one segment at a time."""
+    score = np.full(n_tasks, -1, dtype=np.int64)
+    seg_of = np.full(n_tasks, -1, dtype=np.int32)
+    row_of = np.full(n_tasks, -1, dtype=np.int32)
     segments: list[Path] = []
     corrupt: list[tuple[str, str]] = []
     colnames: dict[str, None] = {}
-    # --- pass 1: choose one row per task -------------------------------------------------
     for path in iter_segment_paths(rd.path):
         try:
-            rows = read_rows(path)
+            rows = read_rows(path, columns=columns)
         except CorruptSegment as exc:
             corrupt.append((str(path.relative_to(rd.path)), str(exc)))
             continue
@@ -86,12 +97,24 @@ def reduce_results(result_dir: str | Path, cell_block_rows: int = 50_000) -> Red
         score[idx] = s[better]
         seg_of[idx] = k
         row_of[idx] = np.flatnonzero(better)
+    return Winners(seg_of, row_of, segments, corrupt, sorted(colnames))
+
+
+def reduce_results(result_dir: str | Path, cell_block_rows: int = 50_000) -> ReduceOutcome:
+    """Write ``summary.h5`` and ``cells.csv`` from the segments; see the module docstring."""
+    t0 = time.perf_counter()
+    rd = ResultDir(result_dir)
+    frozen = rd.read_frozen()
+    raw = frozen.raw
+    n, n_rep = frozen.n_tasks, int(raw["n_replicates"])
+    win = select_winners(rd, n)
+    seg_of, row_of, segments, corrupt = win.seg_of, win.row_of, win.segments, win.corrupt
     present = np.flatnonzero(seg_of >= 0)
     pos = np.full(n, -1, dtype=np.int64)
     pos[present] = np.arange(present.size)
     n_rows = int(present.size)
     # --- pass 2: write rows into their sorted positions ------------------------------------
-    numeric = sorted(colnames)
+    numeric = win.colnames
     tmp = rd.path / f".summary.{secrets.token_hex(4)}.h5.tmp"
     n_success = 0
     with h5py.File(tmp, "w", locking=False) as f:
@@ -105,11 +128,10 @@ def reduce_results(result_dir: str | Path, cell_block_rows: int = 50_000) -> Red
         att = f.create_dataset("attempt", shape=(n_rows,), dtype=np.int32)
         nums = {c: f.create_dataset(f"num/{c}", shape=(n_rows,), dtype=np.float64, fillvalue=np.nan) for c in numeric}
         for k, path in enumerate(segments):
-            wins = np.flatnonzero(seg_of == k)
+            wins, r = win.rows_won(k)
             if wins.size == 0:
                 continue
             rows = read_rows(path)
-            r = row_of[wins]
             p = pos[wins]  # increasing, because wins is sorted by task index
             rel = str(path.relative_to(rd.path))
             for c in STR_COLS:

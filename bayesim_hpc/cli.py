@@ -1,0 +1,317 @@
+"""The ``bayesim-hpc`` command line.
+
+::
+
+    bayesim-hpc run examples/linear_mock.py --executor local --workers 4 --result-dir results/lin
+    bayesim-hpc status results/lin
+    bayesim-hpc resume results/lin
+    bayesim-hpc report results/lin
+
+Exit codes: 0 done; 1 error; 2 usage error; 3 the study is not complete (tasks missing or
+failed); 4 stopped by the error budget (``max_errors``); 5 the result directory is in use
+by another driver; 6 the study changed since the result directory was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import runpy
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+EXIT_OK, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_BUDGET, EXIT_LOCKED, EXIT_CHANGED = 0, 1, 3, 4, 5, 6
+
+
+def _fail(msg: str, code: int) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Errors as one clear line and a meaningful exit code; tracebacks with --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .errors import BayesimError, DriverLockedError, ErrorBudgetExceeded, StudyChangedError
+
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return fn(*args, **kwargs)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:
+            if debug:
+                traceback.print_exc()
+            code = {DriverLockedError: EXIT_LOCKED, ErrorBudgetExceeded: EXIT_BUDGET,
+                    StudyChangedError: EXIT_CHANGED}.get(type(exc), EXIT_ERROR)
+            name = "" if isinstance(exc, (BayesimError, FileNotFoundError, ValueError)) else f"{type(exc).__name__}: "
+            _fail(f"{name}{exc}" + ("" if debug else "  (--debug for the traceback)" if code == EXIT_ERROR and name else ""), code)
+
+    return wrapper
+
+
+def load_study_file(path: str) -> Any:
+    """Execute a study file and return its ``config`` (a Study)."""
+    from .config import Study
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no study file {path}")
+    sys.path.insert(0, str(p.resolve().parent))
+    ns = runpy.run_path(str(p), run_name="bayesim_study")
+    config = ns.get("config")
+    if not isinstance(config, Study):
+        raise click.UsageError(f"{path} must define `config = simulation_config(...)` at top level")
+    return dataclasses.replace(config, study_file=str(p.resolve()))
+
+
+def _executor_options(executor: str, profile, partition, time_, mem, dry_run, detach) -> dict[str, Any]:
+    opts = {k: v for k, v in dict(profile=profile, partition=partition, time=time_, mem=mem).items() if v is not None}
+    if executor == "slurm":
+        opts.update(dry_run=dry_run, detach=detach)
+    elif opts:
+        raise click.UsageError(f"--profile/--partition/--time/--mem apply to --executor slurm, not {executor}")
+    elif detach:
+        raise click.UsageError(f"--detach needs a scheduler to leave the work with: use --executor slurm ({executor} "
+                               "workers stop with their driver)")
+    return opts
+
+
+def _finish_code(result: Any) -> int:
+    if result is None or result.reduce_outcome is None:
+        return EXIT_OK
+    red = result.reduce_outcome
+    return EXIT_INCOMPLETE if (red.n_missing or red.n_failed) else EXIT_OK
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+@click.version_option(package_name="bayesim-hpc")
+def main(debug: bool) -> None:
+    """Run Bayesian simulation studies on laptops and Slurm clusters, durably."""
+
+
+_executor_opt = click.option("--executor", "-e", type=click.Choice(["inline", "local", "mock", "slurm"]),
+                             default=None, help="Where tasks run (default: local for run, the last one for resume).")
+_workers_opt = click.option("--workers", "-j", type=int, default=None,
+                            help="Parallel workers (local/mock), or the array throttle %N (slurm).")
+
+
+def _slurm_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed([
+        click.option("--profile", help="Cluster profile: a YAML file name in slurm_templates/ or a path."),
+        click.option("--partition", help="Slurm partition (overrides the profile)."),
+        click.option("--time", "time_", help="Time limit per array element, minutes (overrides the profile)."),
+        click.option("--mem", help="Memory per array element, e.g. 4G (overrides the profile)."),
+        click.option("--detach", is_flag=True, help="Submit and leave; check later with `status`."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+@main.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--result-dir", "-o", type=click.Path(file_okay=False), help="Result directory (overrides the file's result_path).")
+@_executor_opt
+@_workers_opt
+@_slurm_opts
+@click.option("--dry-run", is_flag=True, help="Print the shard plan (and Slurm job scripts); run nothing.")
+@click.option("--force", is_flag=True, help="If the study changed, move old results aside and start again.")
+@click.option("--shard-size", type=int, default=None, help="Tasks per shard at the first run.")
+@click.option("--progress/--no-progress", default=None, help="Progress line (default: on a terminal).")
+@handle_errors
+def run(study_file, result_dir, executor, workers, profile, partition, time_, mem, detach, dry_run, force,
+        shard_size, progress) -> None:
+    """Run the study defined in STUDY_FILE (it defines `config = simulation_config(...)`)."""
+    from .runner import run_simulation
+
+    config = load_study_file(study_file)
+    if result_dir:
+        config = dataclasses.replace(config, result_path=Path(result_dir))
+    if config.result_path is None:
+        raise click.UsageError("give --result-dir (or result_path in the study file): results must outlive this command")
+    executor = executor or "local"
+    if dry_run and executor != "slurm":
+        _print_plan(config, executor, workers, shard_size)
+        return
+    opts = _executor_options(executor, profile, partition, time_, mem, dry_run, detach)
+    result = run_simulation(config, executor, workers=workers, force=force, shard_size=shard_size, progress=progress, **opts)
+    sys.exit(_finish_code(result))
+
+
+def _print_plan(config: Any, executor: str, workers: int | None, shard_size: int | None) -> None:
+    from .executors import make_executor
+    from .executors.base import default_shard_size
+    from .grid import plan_shards
+
+    ex = make_executor(executor, workers=workers)
+    size = shard_size or config.shard_size or default_shard_size(config.n_tasks, ex.parallelism)
+    shards = plan_shards(config.space, size)
+    click.echo(f"dry run: {config.n_tasks} tasks ({len(config.data_grid)} data x {len(config.fit_grid)} fit configurations"
+               f" x {config.n_replicates} replicates) in {len(shards)} shards of <= {size}, executor {executor} "
+               f"({ex.parallelism} slot(s)); nothing was run.")
+    for s in shards[:50]:
+        idx = config.space.shard_indices(s)
+        first, last = config.space.task_id(int(idx[0])), config.space.task_id(int(idx[-1]))
+        click.echo(f"  shard {s.shard_id:>5}: {s.n_tasks:>5} tasks, fit {config.fit_spec(config.space.ref(int(idx[0])).fit_idx)}, "
+                   f"{first} .. {last}")
+    if len(shards) > 50:
+        click.echo(f"  ... {len(shards) - 50} more shards")
+    click.echo(f"worker command: {sys.executable} -m bayesim_hpc.worker {config.result_path} --serve")
+
+
+@main.command()
+@click.argument("result_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--no-live", is_flag=True, help="Do not ask the scheduler; use the manifest only.")
+@handle_errors
+def status(result_dir, as_json, no_live) -> None:
+    """Show progress per cell and shard, job states with reasons, ETA and failures."""
+    from .status import study_status
+
+    st = study_status(result_dir, live=not no_live)
+    click.echo(st.to_json() if as_json else st.render())
+    sys.exit(EXIT_OK if st.complete else EXIT_INCOMPLETE)
+
+
+@main.command()
+@click.argument("result_dir", type=click.Path(file_okay=False))
+@_executor_opt
+@_workers_opt
+@_slurm_opts
+@click.option("--progress/--no-progress", default=None)
+@handle_errors
+def resume(result_dir, executor, workers, profile, partition, time_, mem, detach, progress) -> None:
+    """Finish a study: run only its missing and failed tasks."""
+    from .manifest import Manifest
+    from .resultdir import ResultDir
+    from .runner import resume_simulation
+
+    if executor is None:
+        runs = Manifest(ResultDir(result_dir)).read().get("runs", [])
+        executor = runs[-1]["executor"] if runs else "local"
+    opts = _executor_options(executor, profile, partition, time_, mem, False, detach)
+    result = resume_simulation(result_dir, executor, workers=workers, progress=progress, **opts)
+    sys.exit(_finish_code(result))
+
+
+@main.command()
+@click.argument("result_dir", type=click.Path(file_okay=False))
+@handle_errors
+def reduce(result_dir) -> None:
+    """Merge the shard files into summary.h5 and cells.csv."""
+    from .reduce import reduce_results
+
+    out = reduce_results(result_dir)
+    click.echo(f"{out.n_success} succeeded, {out.n_failed} failed, {out.n_missing} missing of {out.n_tasks} tasks "
+               f"from {out.n_segments} segments in {out.seconds:.2f} s -> {out.path}")
+    for seg, why in out.corrupt:
+        click.echo(f"damaged segment skipped: {seg}: {why}", err=True)
+    sys.exit(EXIT_OK if not (out.n_missing or out.n_failed) else EXIT_INCOMPLETE)
+
+
+@main.command()
+@click.argument("result_dir", type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), help="HTML file (default: RESULT_DIR/report.html).")
+@handle_errors
+def report(result_dir, out) -> None:
+    """Write an HTML report: per-cell measures with MCSE, coverage/bias plots, diagnostics, SBC ranks."""
+    from .report import build_report
+
+    click.echo(str(build_report(result_dir, out)))
+
+
+@main.command()
+@click.argument("result_dir", type=click.Path(file_okay=False))
+@handle_errors
+def cancel(result_dir) -> None:
+    """Cancel the study's running work (Slurm jobs, or the local driver and its workers)."""
+    import socket
+
+    from .locking import DirLock
+    from .manifest import Manifest
+    from .resultdir import ResultDir
+
+    rd = ResultDir(result_dir)
+    if not rd.exists():
+        raise FileNotFoundError(f"{result_dir} is not a bayesim-hpc result directory")
+    runs = Manifest(rd).read().get("runs", [])
+    if runs and runs[-1].get("executor") == "slurm":
+        from .executors.slurm import SlurmExecutor
+
+        cancelled = SlurmExecutor().cancel(rd)
+        click.echo(f"cancelled {len(cancelled)} Slurm job(s): {' '.join(cancelled) or '-'}")
+    holder = DirLock(rd.driver_lock).holder()
+    if holder and holder.host == socket.gethostname():
+        os.kill(holder.pid, signal.SIGTERM)
+        click.echo(f"sent SIGTERM to the driver ({holder.describe()}); its workers flush and stop")
+    elif holder:
+        click.echo(f"the driver runs on {holder.host} (pid {holder.pid}); stop it there")
+    elif not runs or runs[-1].get("executor") != "slurm":
+        click.echo("nothing is running")
+
+
+@main.command()
+@click.argument("result_dir", type=click.Path(file_okay=False))
+@click.option("--keep", "keep_n", type=int, default=3, show_default=True, help="Discarded result folders to keep.")
+@handle_errors
+def clean(result_dir, keep_n) -> None:
+    """Remove superseded or damaged segments and temp files (never the only copy of a result)."""
+    from .checkpoints import clean_old_checkpoints
+
+    rep = clean_old_checkpoints(result_dir, keep_n=keep_n)
+    for r in rep.removed:
+        click.echo(f"removed {r}")
+    click.echo(f"{len(rep.removed)} item(s), {rep.bytes_freed / 1e6:.1f} MB freed")
+
+
+@main.command()
+@click.argument("result_dir", type=click.Path(file_okay=False))
+@click.argument("task_id")
+@click.option("--pdb", "use_pdb", is_flag=True, help="Re-raise the task's error under pdb.")
+@handle_errors
+def replay(result_dir, task_id, use_pdb) -> None:
+    """Re-run one task in this process with its exact seeds (to debug a failure)."""
+    from .reduce import read_summary
+    from .resultdir import ResultDir
+    from .task import run_task, task_context
+
+    rd = ResultDir(result_dir)
+    study = rd.load_study()
+    ref = study.space.parse_id(task_id)
+    ctx = task_context(study, ref)
+    click.echo(f"replaying {task_id}: data row {ref.data_idx + 1} {study.data_spec(ref.data_idx)}, fit row "
+               f"{ref.fit_idx + 1} {study.fit_spec(ref.fit_idx)}, replicate {ref.rep_idx + 1}, "
+               f"data seed {ctx.data_seed}, fit seed {ctx.fit_seed}")
+    rec = run_task(study, ref)
+    click.echo(f"status: {rec.status}")
+    if rec.status != "success":
+        click.echo(rec.error_traceback.rstrip())
+        if use_pdb:
+            import pdb
+
+            pdb.set_trace()
+    metrics = {k: v for k, v in rec.columns.items() if not k.startswith("timing")}
+    for k, v in sorted(metrics.items()):
+        click.echo(f"  {k} = {v!r}")
+    if rd.summary.exists():
+        s = read_summary(rd.summary)
+        row = s[s["task_id"] == task_id]
+        if len(row):
+            same = all(k not in row.columns or (row[k].iloc[0] == v) or (v != v and row[k].iloc[0] != row[k].iloc[0])
+                       for k, v in metrics.items())
+            click.echo(f"matches the stored result: {'yes' if same and row['status'].iloc[0] == rec.status else 'NO'}")
+    for w in rec.warnings:
+        click.echo(f"warning: {w}")
+    sys.exit(EXIT_OK if rec.status == "success" else EXIT_ERROR)
+
+
+if __name__ == "__main__":
+    main()
