@@ -124,9 +124,13 @@ def reduce_results(result_dir: str | Path, cell_block_rows: int = 50_000) -> Red
         grid_cells = _cells_array(raw)
         f.create_dataset("data_idx", data=grid_cells[cells, 0] + 1)
         f.create_dataset("fit_idx", data=grid_cells[cells, 1] + 1)
-        strs = {c: f.create_dataset(c, shape=(n_rows,), dtype=_STR) for c in STR_COLS + ("segment",)}
+        str_cols = list(STR_COLS) + ["segment"]
+        strs = f.create_dataset("strings", shape=(n_rows, len(str_cols)), dtype=_STR)
+        strs.attrs["columns"] = json.dumps(str_cols)
         att = f.create_dataset("attempt", shape=(n_rows,), dtype=np.int32)
-        nums = {c: f.create_dataset(f"num/{c}", shape=(n_rows,), dtype=np.float64, fillvalue=np.nan) for c in numeric}
+        nums = f.create_dataset("numbers", shape=(n_rows, len(numeric)), dtype=np.float64, fillvalue=np.nan)
+        nums.attrs["columns"] = json.dumps(numeric)
+        col_of = {c: j for j, c in enumerate(numeric)}
         for k, path in enumerate(segments):
             wins, r = win.rows_won(k)
             if wins.size == 0:
@@ -134,14 +138,19 @@ def reduce_results(result_dir: str | Path, cell_block_rows: int = 50_000) -> Red
             rows = read_rows(path)
             p = pos[wins]  # increasing, because wins is sorted by task index
             rel = str(path.relative_to(rd.path))
-            for c in STR_COLS:
+            block = np.empty((p.size, len(str_cols)), dtype=object)
+            for j, c in enumerate(STR_COLS):
                 vals = rows.strings[c]
-                strs[c][p] = np.array([vals[i] for i in r], dtype=object)
-            strs["segment"][p] = np.array([rel] * p.size, dtype=object)
+                block[:, j] = [vals[i] for i in r]
+            block[:, -1] = rel
+            strs[p, :] = block
             att[p] = rows.attempts[r]
+            nblock = np.full((p.size, len(numeric)), np.nan)
             for c, arr in rows.numbers.items():
-                nums[c][p] = arr[r]
-            n_success += sum(rows.strings["status"][i] == "success" for i in r)
+                nblock[:, col_of[c]] = arr[r]
+            if numeric:
+                nums[p, :] = nblock
+            n_success += int(np.count_nonzero(block[:, 1] == "success"))
         _write_grid_columns(f, raw, grid_cells, cells)
         f.attrs.update(
             n_tasks=n, n_rows=n_rows, n_success=n_success, n_failed=n_rows - n_success,
@@ -195,20 +204,21 @@ def read_summary(path: str | Path, columns: Iterable[str] | None = None, rows: s
     with h5py.File(path, "r", locking=False) as f:
         order = json.loads(f.attrs["column_order"])
         wanted = order if columns is None else [c for c in order if c in set(columns)]
+        str_cols = json.loads(f["strings"].attrs["columns"])
+        num_cols = json.loads(f["numbers"].attrs["columns"])
+        str_arr = f["strings"].asstr()[sel] if any(c in str_cols for c in wanted) else None
+        num_arr = f["numbers"][sel] if any(c in num_cols for c in wanted) else None
         data = {}
         for c in wanted:
-            if c in f and isinstance(f[c], h5py.Dataset):
-                ds = f[c]
-            elif f"num/{c}" in f:
-                ds = f[f"num/{c}"]
+            if c in str_cols:
+                data[c] = str_arr[:, str_cols.index(c)]
+            elif c in num_cols:
+                data[c] = num_arr[:, num_cols.index(c)]
+            elif c in f and isinstance(f[c], h5py.Dataset):
+                data[c] = f[c][sel]
             elif f"grid/{c}" in f:
                 ds = f[f"grid/{c}"]
-            else:
-                continue
-            v = ds[sel]
-            if ds.dtype.kind == "O":
-                v = np.array([s.decode() if isinstance(s, bytes) else s for s in v], dtype=object)
-            data[c] = v
+                data[c] = ds.asstr()[sel] if ds.dtype.kind == "O" else ds[sel]
     return pd.DataFrame(data)
 
 

@@ -11,8 +11,8 @@ Layout of a segment::
 
     attrs: format, shard_id, attempt, seq, n_rows, host, pid, created, rows_sha256
     /rows/index, /rows/attempt            int64 / int32, one per task
-    /rows/<string column>                 task_id, status, error_type, error_message, ...
-    /rows/num/<column>                    float64 metric/diagnostic/timing columns
+    /rows/strings                         (rows, 6) text: task_id, status, error_type, ... (attr columns)
+    /rows/numbers                         (rows, k) float64 metric/diagnostic/timing columns (attr columns)
     /tasks/<task_id>/draws/<var>          (chain, draw, ...) arrays       [retain draws]
     /tasks/<task_id>/predictions/<name>                                   [predictions]
     /tasks/<task_id>/data/{train,test}/<col>, attrs true_params           [data]
@@ -53,7 +53,7 @@ __all__ = [
     "atomic_write_text",
 ]
 
-FORMAT = 1
+FORMAT = 2
 STR_COLS = ("task_id", "status", "error_type", "error_message", "error_stage", "error_traceback")
 _STR = h5py.string_dtype("utf-8")
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
@@ -196,11 +196,10 @@ def write_segment(
         rows = f.create_group("rows")
         rows.create_dataset("index", data=index)
         rows.create_dataset("attempt", data=attempts)
-        for c in STR_COLS:
-            rows.create_dataset(c, data=np.array(strings[c], dtype=object), dtype=_STR)
-        num = rows.create_group("num")
-        for n, arr in numbers.items():
-            num.create_dataset(n, data=arr)
+        st = rows.create_dataset("strings", data=np.array([strings[c] for c in STR_COLS], dtype=object).T.reshape(len(records), len(STR_COLS)), dtype=_STR)
+        st.attrs["columns"] = json.dumps(list(STR_COLS))
+        nm = rows.create_dataset("numbers", data=np.column_stack([numbers[n] for n in names]) if names else np.empty((len(records), 0)))
+        nm.attrs["columns"] = json.dumps(names)
         for r in records:
             _write_artifacts(f, r, draws_dtype, compression)
     _fsync_file(tmp)
@@ -224,8 +223,10 @@ def read_rows(path: Path, columns: Iterable[str] | None = None) -> SegmentRows:
             rows = f["rows"]
             index = rows["index"][...]
             attempts = rows["attempt"][...]
-            strings = {c: [s.decode() if isinstance(s, bytes) else str(s) for s in rows[c][...]] for c in STR_COLS}
-            numbers = {n: rows["num"][n][...] for n in rows["num"]}
+            str_arr = rows["strings"].asstr()[...]
+            strings = {c: str_arr[:, j].tolist() for j, c in enumerate(json.loads(rows["strings"].attrs["columns"]))}
+            num_arr = rows["numbers"][...]
+            numbers = {c: num_arr[:, j] for j, c in enumerate(json.loads(rows["numbers"].attrs["columns"]))}
             if int(f.attrs["n_rows"]) != index.size:
                 raise CorruptSegment(f"{path}: holds {index.size} rows, header says {f.attrs['n_rows']}")
             if _rows_digest(index, attempts, strings, numbers) != f.attrs["rows_sha256"]:

@@ -23,6 +23,7 @@ if __name__ == "__main__":
 import argparse
 import json
 import os
+import resource
 import socket
 import sys
 import time
@@ -194,6 +195,7 @@ def _next_seq(rd: ResultDir, shard_id: int, attempt: int) -> int:
 def _write_progress(path: Path, attempt: int, out: ShardOutcome, total: int) -> None:
     atomic_write_text(path, json.dumps({
         "attempt": attempt, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
+        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "n_run": out.n_run, "n_success": out.n_success, "n_failed": out.n_failed,
         "n_skipped": out.n_skipped, "n_tasks": total,
     }))

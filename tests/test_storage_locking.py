@@ -52,7 +52,7 @@ def test_damaged_segment_is_detected(tmp_path, damage):
         p.write_bytes(os.urandom(len(raw)))
     else:  # change one metric value in place: only the checksum can tell
         with h5py.File(p, "r+") as f:
-            f["rows/num/m__value"][3] = 99.0
+            f["rows/numbers"][3, 0] = 99.0  # column 0 is m__value
     with pytest.raises(CorruptSegment):
         read_rows(p)
 
