@@ -6,6 +6,8 @@
 ['metrics', 'diagnostics', 'warnings']
 >>> resolve_retention(["draws"])  # metrics are always kept
 ['metrics', 'draws']
+>>> resolve_retention(["diagnostics", "draws_if_warned"])  # draws only of tasks that warned
+['metrics', 'diagnostics', 'draws_if_warned']
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ __all__ = ["ARTIFACTS", "PROFILES", "resolve_retention"]
 
 #: Every artifact, in canonical order.
 ARTIFACTS = ("metrics", "diagnostics", "draws", "predictions", "fit", "data", "warnings")
+#: Items a custom list may name besides the artifacts.
+CONDITIONAL = ("draws_if_warned",)
 
 PROFILES = {
     "minimal": ("metrics",),
@@ -45,11 +49,13 @@ def resolve_retention(retain: str | Iterable[str] = "standard") -> list[str]:
             "retain", retain, "must be a profile name or a list of artifacts",
             f"use one of {sorted(PROFILES)} or a list drawn from {list(ARTIFACTS)}",
         ) from None
-    unknown = [a for a in items if a not in ARTIFACTS]
+    unknown = [a for a in items if a not in ARTIFACTS + CONDITIONAL]
     if unknown:
         raise ConfigError(
             "retain", items, f"unknown artifact(s) {unknown}",
-            f"choose from {list(ARTIFACTS)}",
+            f"choose from {list(ARTIFACTS + CONDITIONAL)}",
         )
     chosen = set(items) | {"metrics"}
-    return [a for a in ARTIFACTS if a in chosen]
+    if "draws" in chosen:
+        chosen.discard("draws_if_warned")
+    return [a for a in ARTIFACTS + CONDITIONAL if a in chosen]

@@ -98,7 +98,7 @@ def _artifacts(study: Study, fit: FitResult | None, data: SimData | None, warns:
     keep = set(study.retain)
     out: dict[str, Any] = {}
     if fit is not None:
-        if "draws" in keep:
+        if "draws" in keep or ("draws_if_warned" in keep and warns):
             out["draws"] = fit.draws
         if "predictions" in keep and fit.predictions:
             out["predictions"] = {k: np.asarray(v) for k, v in fit.predictions.items()}

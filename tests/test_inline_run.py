@@ -133,3 +133,13 @@ def test_cells_have_mcse(tmp_path):
     e = sub["estimate__slope"] - sub["truth__slope"]
     assert cells.loc[cells["data_n"] == 50, "bias__slope"].item() == pytest.approx(e.mean())
     assert cells.loc[cells["data_n"] == 50, "bias__slope__mcse"].item() == pytest.approx(e.std(ddof=1) / np.sqrt(40))
+
+
+def test_draws_kept_only_for_tasks_that_warned():
+    cfg = make_config(fitter=MockFitter(warn_rate=0.5), n_replicates=12, retain=["warnings", "draws_if_warned"])
+    res = run_simulation(cfg, **QUIET)
+    tr = res.task_results
+    warned = set(res.summary.loc[res.summary["n_warnings"] > 0, "task_id"])
+    assert 0 < len(warned) < 12
+    for tid in res.summary["task_id"]:
+        assert ("draws" in tr[tid]) == (tid in warned)

@@ -1,0 +1,563 @@
+"""Fit PyMC models: compile once with nutpie, swap the data for each task.
+
+The user writes only ``build_model(data: SimData, fit_spec: dict) -> pm.Model`` and puts
+everything that changes between datasets in ``pm.Data`` containers (give the likelihood
+``shape=x.shape`` so the number of rows may change)::
+
+    def build_model(data, fit_spec):
+        with pm.Model() as model:
+            x = pm.Data("x", data.column("x"))
+            y = pm.Data("y_obs", data.column("y"))
+            a = pm.Normal("intercept", 0, 10)
+            b = pm.Normal("slope", 0, 10)
+            sigma = pm.HalfNormal("sigma", 5)
+            pm.Normal("y", a + b * x, sigma, observed=y, shape=x.shape)
+        return model
+
+    fitter = PyMCFitter(build_model, draws=1000, tune=1000, chains=4)
+
+For every task the fitter calls ``build_model`` (a few ms) only to read the new
+``pm.Data`` values and the model's structure. It keeps one compiled nutpie model per
+*structure key* - the fit_spec without sampler-only entries (:data:`SAMPLER_KEYS`), the
+names, static shapes and dims lengths of the free RVs and stored deterministics, the
+``pm.Data`` names/ranks/dtypes, and a fingerprint of any non-scalar constant in the graph.
+The same structure reuses the compiled model via ``compiled.with_data(...)`` (about 26x
+cheaper per fit than ``pm.sample``); a new structure compiles again (logged once per
+structure, counted in :attr:`PyMCFitter.n_compiles`). Two cases compile more often but stay
+correct: data baked in as numpy constants instead of ``pm.Data`` (a new fingerprint every
+dataset; a warning says so once), and stored variables whose shape follows the data without
+a named dim (e.g. a ``pm.Deterministic`` of length n: data shapes join the key; leave it
+out of ``var_names`` to avoid that).
+
+fit_spec entries ``sampler`` ("nutpie" or "pymc"), ``target_accept``, ``draws``, ``tune``,
+``chains`` and ``max_treedepth`` override the constructor's, so one fit grid can compare
+samplers: ``{"model": ["linear"], "sampler": ["nutpie", "pymc"], "target_accept": [0.8,
+0.95]}``.
+
+Same seed => bit-identical draws, in any process and order (nutpie and PyMC, ``cores=1``).
+
+PyTensor's compile cache: :func:`configure_compile_dir` (or ``compile_dir=``) sets
+``PYTENSOR_FLAGS=base_compiledir=...`` and must run before pytensor is first imported in the
+process. A pickled fitter re-applies its ``compile_dir`` before unpickling ``build_model``
+(which may import pymc). This module imports pymc/nutpie lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import time
+import warnings
+from collections import OrderedDict
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from ..data import SimData, TaskContext
+from ..diagnostics import summarize_draws
+from .base import FitResult
+
+__all__ = ["PyMCFitter", "configure_compile_dir", "SAMPLER_KEYS"]
+
+_log = logging.getLogger(__name__)
+
+#: fit_spec entries that change how the model is sampled, not the model itself.
+SAMPLER_KEYS = frozenset({"sampler", "target_accept", "draws", "tune", "chains", "max_treedepth"})
+_SAMPLERS = ("nutpie", "pymc")
+#: Loggers whose records are captured per fit (WARNING and above become FitResult.warnings;
+#: lower levels are dropped, so nothing prints once per task).
+_CAPTURED_LOGGERS = ("pymc", "pytensor", "nutpie", "arviz", "numba")
+
+
+# --------------------------------------------------------------------------- compile dir
+
+
+def configure_compile_dir(path: str | os.PathLike, *, strict: bool = True) -> bool:
+    """Point PyTensor's (and nutpie's numba) compile cache at ``path`` for this process.
+
+    Sets ``base_compiledir=<path>`` in ``PYTENSOR_FLAGS`` (keeping other flags). It must be
+    called before pytensor is first imported in the process (importing pymc imports it);
+    afterwards the setting cannot change. Returns True when the setting is (or already
+    was) in effect. If pytensor is already imported with another directory: raises
+    RuntimeError when ``strict``, else logs a warning and returns False.
+    """
+    path = os.path.abspath(os.fspath(path))
+    os.makedirs(path, exist_ok=True)
+    if "pytensor" in sys.modules:
+        import pytensor
+
+        current = os.path.realpath(str(pytensor.config.base_compiledir))
+        if current == os.path.realpath(path):
+            return True
+        msg = (
+            f"configure_compile_dir({path!r}) came too late: pytensor is already imported "
+            f"with base_compiledir={current!r}. Call it before importing pymc/pytensor "
+            "(or set PYTENSOR_FLAGS=base_compiledir=... in the environment)."
+        )
+        if strict:
+            raise RuntimeError(msg)
+        _log.warning(msg)
+        return False
+    flags = [
+        f
+        for f in os.environ.get("PYTENSOR_FLAGS", "").split(",")
+        if f.strip() and not f.strip().startswith("base_compiledir=")
+    ]
+    flags.append(f"base_compiledir={path}")
+    os.environ["PYTENSOR_FLAGS"] = ",".join(flags)
+    return True
+
+
+class _CompileDirFirst:
+    """Pickled ahead of a fitter's state: unpickling it applies the compile dir."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+
+    def __reduce__(self):
+        return (_apply_compile_dir, (self.path,))
+
+
+def _apply_compile_dir(path: str | None) -> None:
+    if path is not None:
+        configure_compile_dir(path, strict=False)
+
+
+def _restore_fitter(_configured: None, cls: type, state: dict) -> "PyMCFitter":
+    obj = cls.__new__(cls)
+    obj.__setstate__(state)
+    return obj
+
+
+# --------------------------------------------------------------------------- capture
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, sink: list[str]):
+        super().__init__(level=logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.sink.append(f"{record.name}: {record.getMessage()}")
+        except Exception:  # pragma: no cover - a broken log call must not fail a fit
+            self.sink.append(f"{record.name}: {record.msg!r}")
+
+
+class _Capture:
+    """Collect PyMC/PyTensor/nutpie log records and Python warnings raised inside."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def __enter__(self) -> "_Capture":
+        self._handler = _ListHandler(self.messages)
+        self._saved = []
+        for name in _CAPTURED_LOGGERS:
+            lg = logging.getLogger(name)
+            self._saved.append((lg, lg.handlers[:], lg.propagate))
+            lg.handlers = [self._handler]
+            lg.propagate = False
+        self._wcm = warnings.catch_warnings(record=True)
+        self._records = self._wcm.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._wcm.__exit__(*exc)
+        for lg, handlers, propagate in self._saved:
+            lg.handlers = handlers
+            lg.propagate = propagate
+        for w in self._records:
+            self.messages.append(f"{w.category.__name__}: {w.message}")
+
+    def unique(self) -> list[str]:
+        """Messages in first-seen order; repeats folded into ``(xN)``."""
+        counts: OrderedDict[str, int] = OrderedDict()
+        for m in self.messages:
+            counts[m] = counts.get(m, 0) + 1
+        return [m if n == 1 else f"{m} (x{n})" for m, n in counts.items()]
+
+
+_IMPORT_MESSAGES: list[str] = []
+
+
+def _import_pymc():
+    """Import pymc and nutpie once, swallowing import-time notices (logged at DEBUG)."""
+    if "pymc" in sys.modules and "nutpie" in sys.modules:
+        import nutpie
+        import pymc
+
+        return pymc, nutpie
+    with _Capture() as cap:
+        import pymc
+        import nutpie
+    _IMPORT_MESSAGES.extend(cap.unique())
+    for m in cap.unique():
+        _log.debug("import: %s", m)
+    return pymc, nutpie
+
+
+def _is_panic(exc: BaseException) -> bool:
+    # pyo3's PanicException derives from BaseException, which task runners do not catch
+    return type(exc).__name__ == "PanicException"
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def _canon(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return ("ndarray", v.dtype.str, v.shape, hashlib.sha1(np.ascontiguousarray(v).tobytes()).hexdigest())
+    if isinstance(v, Mapping):
+        return tuple(sorted((str(k), _canon(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_canon(x) for x in v)
+    return v
+
+
+def _dim_length(model, dim: str) -> Any:
+    length = model.dim_lengths.get(dim)
+    if length is None:
+        coords = model.coords.get(dim)
+        return None if coords is None else len(coords)
+    if hasattr(length, "get_value"):
+        return int(np.asarray(length.get_value()))
+    if hasattr(length, "data"):
+        return int(np.asarray(length.data))
+    try:
+        return int(length.eval())
+    except Exception:  # pragma: no cover - symbolic length we cannot evaluate cheaply
+        return repr(length)
+
+
+def _structure(model, fit_spec: Mapping[str, Any], var_names: list[str]) -> tuple[tuple, dict]:
+    """The structure key of a built model, and a short description of it."""
+    from pytensor.graph.basic import Constant
+
+    try:
+        from pytensor.graph.traversal import ancestors
+    except ImportError:  # pytensor < 2.32
+        from pytensor.graph.basic import ancestors
+
+    spec = tuple(sorted((str(k), repr(_canon(v))) for k, v in fit_spec.items() if k not in SAMPLER_KEYS))
+    dims_of = model.named_vars_to_dims
+    unresolved = False
+    shapes = []
+    stored = set(var_names)
+    for v in list(model.free_RVs) + [d for d in model.deterministics if d.name in stored]:
+        static = tuple(v.type.shape)
+        dims = tuple(dims_of.get(v.name, ()) or ())
+        lengths = []
+        for i, s in enumerate(static):
+            d = dims[i] if i < len(dims) else None
+            if s is None and d is None:
+                unresolved = True
+            lengths.append(s if s is not None else (d, _dim_length(model, d) if d else None))
+        shapes.append((v.name, tuple(lengths)))
+    data = []
+    for d in model.data_vars:
+        val = d.get_value(borrow=True)
+        data.append((d.name, val.ndim, val.dtype.str, val.shape if unresolved else None))
+    # numpy data baked into the graph as constants: fingerprint every non-scalar constant
+    roots = list(model.free_RVs) + list(model.observed_RVs) + list(model.deterministics)
+    roots += list(model.potentials) + list(model.rvs_to_values.values())
+    digest = hashlib.sha1()
+    n_const = 0
+    for node in ancestors(roots):
+        if isinstance(node, Constant):
+            arr = np.asarray(node.data)
+            if arr.size > 1:
+                n_const += 1
+                digest.update(f"{arr.dtype.str}{arr.shape}".encode())
+                digest.update(np.ascontiguousarray(arr).tobytes())
+    const_fp = digest.hexdigest() if n_const else None
+    key = (spec, tuple(shapes), tuple(sorted(data)), tuple(var_names), const_fp)
+    desc = {
+        "fit_spec": dict(spec),
+        "free": [s[0] for s in shapes],
+        "data": [d[0] for d in data],
+        "constant_arrays": n_const,
+        "data_shapes_in_key": unresolved,
+    }
+    return key, desc
+
+
+# --------------------------------------------------------------------------- fitter
+
+
+class PyMCFitter:
+    """A :class:`~bayesim_hpc.fitters.base.Fitter` for PyMC models (nutpie or PyMC NUTS).
+
+    build_model: ``(data: SimData, fit_spec: dict) -> pm.Model``; use ``pm.Data`` for all
+        per-dataset values.
+    draws, tune, chains, target_accept, max_treedepth: sampler settings (fit_spec entries
+        of the same names override them per fit).
+    sampler: "nutpie" (compile once, swap data) or "pymc" (``pm.sample`` each fit).
+    compile_dir: PyTensor ``base_compiledir`` for this process (see
+        :func:`configure_compile_dir`); applied on first fit and when unpickled.
+    keep_draws_only_if_warned: if True, ``FitResult.fit`` (the InferenceData) is kept
+        only for fits with warnings (divergences, R-hat, low ESS, ...), else it is None;
+        if False it is always kept.
+    var_names: variables whose draws are returned (default: free RVs and deterministics).
+    predict: optional ``(draws: dict, data: SimData, fit_spec: dict) -> dict[str, array]``
+        giving ``FitResult.predictions``.
+    rhat_threshold, ess_per_chain: warning thresholds (R-hat > 1.01; ESS < 100 per chain).
+    max_cached_models: compiled nutpie models kept per process (least recently used out).
+
+    Attributes: ``n_compiles`` (nutpie compiles in this process), ``compile_log`` (one
+    dict per compile: seconds and the structure description).
+    """
+
+    def __init__(
+        self,
+        build_model: Callable[[SimData, dict], Any],
+        draws: int = 1000,
+        tune: int = 1000,
+        chains: int = 4,
+        sampler: str = "nutpie",
+        target_accept: float = 0.8,
+        compile_dir: str | os.PathLike | None = None,
+        keep_draws_only_if_warned: bool = False,
+        var_names: Iterable[str] | None = None,
+        predict: Callable[[dict, SimData, dict], dict] | None = None,
+        *,
+        max_treedepth: int = 10,
+        rhat_threshold: float = 1.01,
+        ess_per_chain: float = 100.0,
+        max_cached_models: int = 8,
+    ) -> None:
+        if not callable(build_model):
+            raise TypeError("build_model must be callable: build_model(data, fit_spec) -> pm.Model")
+        if sampler not in _SAMPLERS:
+            raise ValueError(f"sampler must be one of {_SAMPLERS}, got {sampler!r}")
+        self.build_model = build_model
+        self.draws = int(draws)
+        self.tune = int(tune)
+        self.chains = int(chains)
+        self.sampler = sampler
+        self.target_accept = float(target_accept)
+        self.max_treedepth = int(max_treedepth)
+        self.compile_dir = None if compile_dir is None else os.path.abspath(os.fspath(compile_dir))
+        self.keep_draws_only_if_warned = bool(keep_draws_only_if_warned)
+        self.var_names = None if var_names is None else [str(v) for v in var_names]
+        self.predict = predict
+        self.rhat_threshold = float(rhat_threshold)
+        self.ess_per_chain = float(ess_per_chain)
+        self.max_cached_models = int(max_cached_models)
+        self._reset_cache()
+
+    # -- pickling: caches are per process ---------------------------------------------
+
+    def _reset_cache(self) -> None:
+        self._cache: OrderedDict = OrderedDict()
+        self.n_compiles = 0
+        self.compile_log: list[dict] = []
+        self._warned_constants = False
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for k in ("_cache", "n_compiles", "compile_log", "_warned_constants"):
+            state.pop(k, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset_cache()
+
+    def __reduce__(self):
+        # the compile dir is applied before the state (and build_model, which may import
+        # pymc) is unpickled
+        return (_restore_fitter, (_CompileDirFirst(self.compile_dir), type(self), self.__getstate__()))
+
+    def __repr__(self) -> str:
+        name = getattr(self.build_model, "__name__", repr(self.build_model))
+        return (
+            f"PyMCFitter({name}, sampler={self.sampler!r}, draws={self.draws}, tune={self.tune}, "
+            f"chains={self.chains}, target_accept={self.target_accept})"
+        )
+
+    # -- settings -----------------------------------------------------------------------
+
+    def settings(self, fit_spec: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Sampler settings for one fit: the constructor's, overridden by the fit_spec."""
+        spec = dict(fit_spec or {})
+        out = {
+            "sampler": str(spec.get("sampler", self.sampler)),
+            "target_accept": float(spec.get("target_accept", self.target_accept)),
+            "draws": int(spec.get("draws", self.draws)),
+            "tune": int(spec.get("tune", self.tune)),
+            "chains": int(spec.get("chains", self.chains)),
+            "max_treedepth": int(spec.get("max_treedepth", self.max_treedepth)),
+        }
+        if out["sampler"] not in _SAMPLERS:
+            raise ValueError(f"fit_spec sampler must be one of {_SAMPLERS}, got {out['sampler']!r}")
+        return out
+
+    def _var_names(self, model) -> list[str]:
+        if self.var_names is not None:
+            missing = [v for v in self.var_names if v not in model.named_vars]
+            if missing:
+                raise KeyError(f"var_names {missing} are not in the model built by build_model")
+            return list(self.var_names)
+        return [v.name for v in model.free_RVs] + [d.name for d in model.deterministics]
+
+    # -- fitting ------------------------------------------------------------------------
+
+    def fit(
+        self,
+        data: SimData,
+        fit_spec: Mapping[str, Any],
+        seed: int,
+        task_ctx: TaskContext | None = None,
+    ) -> FitResult:
+        """Fit one dataset; see the class docstring."""
+        if self.compile_dir is not None:
+            configure_compile_dir(self.compile_dir, strict=False)
+        fit_spec = dict(fit_spec or {})
+        st = self.settings(fit_spec)
+        seed = int(seed) % 2**64
+        t_start = time.perf_counter()
+        pm, nutpie = _import_pymc()
+        timing = {"build": 0.0, "compile": 0.0, "sampling": 0.0}
+        cap = _Capture()
+        try:
+            with cap:
+                t0 = time.perf_counter()
+                model = self.build_model(data, fit_spec)
+                if not isinstance(model, pm.Model):
+                    raise TypeError(
+                        f"build_model must return a pm.Model, got {type(model).__name__}"
+                    )
+                var_names = self._var_names(model)
+                timing["build"] = time.perf_counter() - t0
+                if st["sampler"] == "nutpie":
+                    idata = self._sample_nutpie(nutpie, model, fit_spec, var_names, st, seed, timing)
+                else:
+                    idata = self._sample_pymc(pm, model, var_names, st, seed, timing)
+        except BaseException as exc:
+            if _is_panic(exc):
+                raise RuntimeError(f"nutpie sampler panicked: {exc}") from None
+            raise
+
+        t0 = time.perf_counter()
+        post = idata.posterior
+        draws = {v: np.ascontiguousarray(post[v].values) for v in var_names}
+        voi = [v for v in (data.vars_of_interest or []) if v in draws] or list(draws)
+        diagnostics: dict[str, float] = summarize_draws(draws, voi)
+        stats = idata.sample_stats
+        diagnostics["divergent"] = float(np.asarray(stats["diverging"]).sum())
+        depth_name = "maxdepth_reached" if "maxdepth_reached" in stats else "reached_max_treedepth"
+        diagnostics["max_treedepth"] = (
+            float(np.asarray(stats[depth_name]).sum()) if depth_name in stats else float("nan")
+        )
+        timing["diagnostics"] = time.perf_counter() - t0
+
+        warn = self._warnings(diagnostics, st) + cap.unique()
+        predictions = None
+        if self.predict is not None:
+            t0 = time.perf_counter()
+            predictions = self.predict(draws, data, fit_spec)
+            timing["predict"] = time.perf_counter() - t0
+        timing["total"] = time.perf_counter() - t_start
+        keep = (not self.keep_draws_only_if_warned) or bool(warn)
+        return FitResult(
+            draws=draws,
+            diagnostics=diagnostics,
+            predictions=predictions,
+            warnings=warn,
+            fit=idata if keep else None,
+            timing=timing,
+        )
+
+    def _compiled_for(self, nutpie, model, fit_spec, var_names, timing):
+        key, desc = _structure(model, fit_spec, var_names)
+        compiled = self._cache.get(key)
+        if compiled is not None:
+            self._cache.move_to_end(key)
+            return compiled
+        if desc["constant_arrays"] and self.n_compiles and not self._warned_constants:
+            self._warned_constants = True
+            _log.warning(
+                "PyMCFitter: the model holds %d non-scalar constant(s); if they are data, "
+                "every dataset recompiles - wrap per-dataset values in pm.Data",
+                desc["constant_arrays"],
+            )
+        t0 = time.perf_counter()
+        compiled = nutpie.compile_pymc_model(model, var_names=var_names)
+        seconds = time.perf_counter() - t0
+        timing["compile"] = seconds
+        self.n_compiles += 1
+        self.compile_log.append({"seconds": seconds, **desc})
+        _log.info(
+            "PyMCFitter: compiled nutpie model #%d in %.1f s (free %s, data %s, fit_spec %s)",
+            self.n_compiles, seconds, desc["free"], desc["data"], desc["fit_spec"],
+        )
+        self._cache[key] = compiled
+        while len(self._cache) > self.max_cached_models:
+            self._cache.popitem(last=False)
+        return compiled
+
+    def _sample_nutpie(self, nutpie, model, fit_spec, var_names, st, seed, timing):
+        compiled = self._compiled_for(nutpie, model, fit_spec, var_names, timing)
+        t0 = time.perf_counter()
+        values = {d.name: d.get_value(borrow=True) for d in model.data_vars}
+        updates = {k: values[k] for k in compiled.shared_data if k in values}
+        if updates:
+            compiled = compiled.with_data(**updates)
+        timing["build"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        idata = nutpie.sample(
+            compiled,
+            draws=st["draws"],
+            tune=st["tune"],
+            chains=st["chains"],
+            cores=1,
+            seed=seed,
+            progress_bar=False,
+            save_warmup=False,
+            target_accept=st["target_accept"],
+            maxdepth=st["max_treedepth"],
+        )
+        timing["sampling"] = time.perf_counter() - t0
+        return idata
+
+    def _sample_pymc(self, pm, model, var_names, st, seed, timing):
+        t0 = time.perf_counter()
+        idata = pm.sample(
+            draws=st["draws"],
+            tune=st["tune"],
+            chains=st["chains"],
+            cores=1,
+            random_seed=seed,
+            progressbar=False,
+            compute_convergence_checks=False,
+            target_accept=st["target_accept"],
+            max_treedepth=st["max_treedepth"],
+            var_names=var_names,
+            model=model,
+        )
+        timing["sampling"] = time.perf_counter() - t0  # includes PyMC's own compile
+        return idata
+
+    def _warnings(self, diag: Mapping[str, float], st: Mapping[str, Any]) -> list[str]:
+        out = []
+        n_div = diag.get("divergent", 0.0)
+        if n_div > 0:
+            out.append(f"{int(n_div)} divergent transitions")
+        n_depth = diag.get("max_treedepth", 0.0)
+        if n_depth > 0:
+            out.append(f"{int(n_depth)} draws hit the maximum tree depth ({st['max_treedepth']})")
+        r = diag.get("rhat_max", float("nan"))
+        if r > self.rhat_threshold:
+            out.append(f"R-hat {r:.4f} > {self.rhat_threshold:g}")
+        ess_min = self.ess_per_chain * st["chains"]
+        for name, label in (("ess_bulk", "bulk"), ("ess_tail", "tail")):
+            e = diag.get(name, float("nan"))
+            if e < ess_min:
+                out.append(f"ESS {label} {e:.0f} < {ess_min:.0f}")
+        return out

@@ -1,0 +1,167 @@
+"""PyMCFitter (nutpie compiled once, data swapped) against a naive PyMC loop.
+
+N replicate datasets of a linear regression (n=100; intercept, slope, sigma), each fitted
+with 4 chains x 1000 draws after 1000 tuning steps, one core:
+
+(a) fitter loop: ``PyMCFitter(...).fit(data, fit_spec, seed, ctx)`` per dataset - build the
+    pm.Model to read the new pm.Data values, ``compiled.with_data``, ``nutpie.sample``,
+    vectorised diagnostics. The one-time compile is reported apart.
+(b) naive loop: build the model and ``pm.sample(...)`` per dataset (PyMC's NUTS), on the
+    first ``--naive-n`` datasets only (it is slow); its rate is extrapolated from those.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_pymc.py --n 200 --naive-n 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from bayesim_hpc.data import SimData, TaskContext
+from bayesim_hpc.fitters.pymc import PyMCFitter
+
+
+def make_dataset(i: int, n: int = 100, seed: int = 2024) -> SimData:
+    rng = np.random.default_rng([seed, i])
+    x = rng.normal(size=n)
+    y = 1.0 + 2.0 * x + rng.normal(scale=1.5, size=n)
+    return SimData(
+        train={"x": x, "y": y}, response="y",
+        true_params={"intercept": 1.0, "slope": 2.0, "sigma": 1.5},
+    )
+
+
+def build_model(data: SimData, fit_spec: dict):
+    import pymc as pm
+
+    with pm.Model() as model:
+        x = pm.Data("x", data.column("x"))
+        y = pm.Data("y_obs", data.column("y"))
+        a = pm.Normal("intercept", 0, 10)
+        b = pm.Normal("slope", 0, 10)
+        sigma = pm.HalfNormal("sigma", 5)
+        pm.Normal("y", a + b * x, sigma, observed=y, shape=x.shape)
+    return model
+
+
+def _ctx(i: int, seed: int) -> TaskContext:
+    return TaskContext(
+        task_id=f"d001_f001_r{i + 1:05d}", task_index=i, data_idx=0, fit_idx=0, rep_idx=i,
+        data_seed=i, fit_seed=seed,
+    )
+
+
+def run_fitter_loop(datasets, seeds, fitter, fit_spec) -> dict:
+    """Fit every dataset with ``fitter``; the lead may route this through the study worker."""
+    results = []
+    t0 = time.perf_counter()
+    for i, (data, seed) in enumerate(zip(datasets, seeds)):
+        results.append(fitter.fit(data, fit_spec, seed, _ctx(i, seed)))
+    wall = time.perf_counter() - t0
+    compile_s = sum(r.timing.get("compile", 0.0) for r in results)
+    total = np.array([r.timing["total"] for r in results])
+    sampling = np.array([r.timing["sampling"] for r in results])
+    steady = total - np.array([r.timing.get("compile", 0.0) for r in results])
+    return {
+        "n": len(results),
+        "wall": wall,
+        "compile": compile_s,
+        "steady_wall": wall - compile_s,
+        "outside_sample_share": float((steady - sampling).sum() / steady.sum()),
+        "per_fit_median": float(np.median(steady)),
+        "parts": {
+            k: float(np.median([r.timing.get(k, 0.0) for r in results]))
+            for k in ("build", "sampling", "diagnostics")
+        },
+        "divergent": float(sum(r.diagnostics["divergent"] for r in results)),
+        "rhat_max": float(max(r.diagnostics["rhat_max"] for r in results)),
+        "results": results,
+    }
+
+
+def run_naive_loop(datasets, seeds, draws, tune, chains) -> dict:
+    """Build a fresh model and call pm.sample for every dataset (no diagnostics)."""
+    import pymc as pm
+
+    times = []
+    means = []
+    for data, seed in zip(datasets, seeds):
+        t0 = time.perf_counter()
+        model = build_model(data, {})
+        with model:
+            idata = pm.sample(
+                draws=draws, tune=tune, chains=chains, cores=1, random_seed=seed,
+                progressbar=False, compute_convergence_checks=False,
+            )
+        times.append(time.perf_counter() - t0)
+        means.append(float(idata.posterior["slope"].mean()))
+    return {"n": len(times), "wall": float(sum(times)), "per_fit_median": statistics.median(times),
+            "slope_means": means}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=200, help="replicate datasets for the fitter loop")
+    ap.add_argument("--naive-n", type=int, default=10, help="datasets timed in the naive loop")
+    ap.add_argument("--draws", type=int, default=1000)
+    ap.add_argument("--tune", type=int, default=1000)
+    ap.add_argument("--chains", type=int, default=4)
+    ap.add_argument("--nobs", type=int, default=100, help="rows per dataset")
+    args = ap.parse_args(argv)
+
+    warnings.simplefilter("ignore")
+    t0 = time.perf_counter()
+    import nutpie  # noqa: F401
+    import pymc  # noqa: F401
+
+    import_s = time.perf_counter() - t0
+    for name in ("pymc", "pytensor", "arviz"):  # after import: pymc sets its level then
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    datasets = [make_dataset(i, args.nobs) for i in range(args.n)]
+    seeds = [10_000 + i for i in range(args.n)]
+    fitter = PyMCFitter(build_model, draws=args.draws, tune=args.tune, chains=args.chains)
+    spec = {"model": "linear"}
+    a = run_fitter_loop(datasets, seeds, fitter, spec)
+
+    k = min(args.naive_n, args.n)
+    naive = None
+    if k > 0:
+        # warm-up fit (not timed): PyMC's first pm.sample in a process pays one-off costs
+        run_naive_loop(datasets[-1:], seeds[-1:], args.draws, args.tune, args.chains)
+        naive = run_naive_loop(datasets[:k], seeds[:k], args.draws, args.tune, args.chains)
+
+    rate_a = a["n"] / a["steady_wall"]
+    rate_a_incl = a["n"] / a["wall"]
+    print(f"# linear regression n={args.nobs}, {args.chains} chains x {args.draws} draws "
+          f"(+{args.tune} tune), cores=1; import pymc+nutpie {import_s:.1f} s")
+    print("| loop | fits timed | s/fit (median) | fits/s | note |")
+    print("|---|---|---|---|---|")
+    print(f"| (a) PyMCFitter: compile once + with_data + nutpie | {a['n']} | "
+          f"{a['per_fit_median']:.3f} | {rate_a:.1f} | excl. one-time compile {a['compile']:.1f} s; "
+          f"{rate_a_incl:.1f} fits/s incl. it |")
+    if naive is not None:
+        rate_n = naive["n"] / naive["wall"]
+        print(f"| (b) naive: build model + pm.sample | {naive['n']} of {args.n} | "
+              f"{naive['per_fit_median']:.3f} | {rate_n:.2f} | rate from the {naive['n']} timed fits; "
+              f"{args.n} fits extrapolated: {args.n / rate_n:.0f} s |")
+        print(f"| ratio (a)/(b) | | | {rate_a / rate_n:.1f}x | incl. compile: {rate_a_incl / rate_n:.1f}x |")
+        diff = np.abs(np.array(naive["slope_means"]) -
+                      np.array([r.draws["slope"].mean() for r in a["results"][:k]]))
+        print(f"\nslope posterior mean, (a) vs (b) on the same datasets: max abs diff {diff.max():.3f}")
+    parts = a["parts"]
+    print(f"(a) time outside nutpie.sample: {100 * a['outside_sample_share']:.1f} % of steady-state "
+          f"fitter time (median per fit: build+with_data {1e3 * parts['build']:.1f} ms, "
+          f"nutpie.sample {1e3 * parts['sampling']:.1f} ms, diagnostics {1e3 * parts['diagnostics']:.1f} ms)")
+    print(f"(a) divergences in all fits: {a['divergent']:.0f}; largest R-hat: {a['rhat_max']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
