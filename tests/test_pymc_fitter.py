@@ -115,7 +115,7 @@ def test_diagnostic_warnings_text():
     diag = {"divergent": 12.0, "max_treedepth": 3.0, "rhat_max": 1.05, "ess_bulk": 80.0, "ess_tail": 500.0}
     w = f._warnings(diag, st)
     assert "12 divergent transitions" in w
-    assert "R-hat 1.05 > 1.01" in w
+    assert "R-hat 1.0500 > 1.01" in w
     assert "ESS bulk 80 < 400" in w
     assert any("maximum tree depth" in m for m in w)
     assert not any(m.startswith("ESS tail") for m in w)
