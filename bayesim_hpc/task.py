@@ -145,6 +145,8 @@ def run_task(study: Study, ref: TaskRef, attempt: int = 1, shard_id: int = -1) -
             if not isinstance(fit, FitResult):
                 raise TaskError(f"fitter.fit returned {type(fit).__name__}, expected FitResult")
             timing["timing_fit"] = time.perf_counter() - t0
+            for k, v in fit.timing.items():  # the fitter's own breakdown, e.g. timing_fit_sampling
+                timing[f"timing_fit_{k}"] = float(v)
             warns.extend(str(w) for w in fit.warnings)
             _check_draws(fit, data)
             stage = "metrics"

@@ -6,6 +6,10 @@ with 4 chains x 1000 draws after 1000 tuning steps, one core:
 (a) fitter loop: ``PyMCFitter(...).fit(data, fit_spec, seed, ctx)`` per dataset - build the
     pm.Model to read the new pm.Data values, ``compiled.with_data``, ``nutpie.sample``,
     vectorised diagnostics. The one-time compile is reported apart.
+(c) study worker: the same datasets as a study run through ``run_simulation`` (inline
+    executor = the worker code every executor runs: seeds, metrics, diagnostics, segments
+    written to HDF5, reducer). Its share of time outside ``nutpie.sample`` is
+    1 - sum(timing_fit_sampling) / (wall - compile).
 (b) naive loop: build the model and ``pm.sample(...)`` per dataset (PyMC's NUTS), on the
     first ``--naive-n`` datasets only (it is slow); its rate is extrapolated from those.
 
@@ -85,6 +89,30 @@ def run_fitter_loop(datasets, seeds, fitter, fit_spec) -> dict:
     }
 
 
+def run_worker_study(datasets, draws, tune, chains) -> dict:
+    """The datasets as a study through our worker; returns wall, compile and sampling times."""
+    import tempfile
+
+    from bayesim_hpc import bias_metric, coverage_metric, rmse_metric, run_simulation, simulation_config
+
+    def generate(spec, rng, ctx):
+        return datasets[ctx.rep_idx]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = simulation_config(
+            data_grid={"n": [datasets[0].column("x").size]}, fit_grid={"model": ["linear"]}, data_generator=generate,
+            fitter=PyMCFitter(build_model, draws=draws, tune=tune, chains=chains),
+            metrics=[rmse_metric("params"), bias_metric(), coverage_metric()], n_replicates=len(datasets),
+            seed=1, retain="standard", result_path=f"{tmp}/r")
+        t0 = time.perf_counter()
+        res = run_simulation(cfg, "inline", progress=False, emit=lambda s: None)
+        wall = time.perf_counter() - t0
+        s = res.summary
+        compile_s = float(s.get("timing_fit_compile", 0).fillna(0).sum()) if "timing_fit_compile" in s else 0.0
+        return {"n": len(s), "wall": wall, "compile": compile_s,
+                "sampling": float(s["timing_fit_sampling"].sum()), "ok": int((s["status"] == "success").sum())}
+
+
 def run_naive_loop(datasets, seeds, draws, tune, chains) -> dict:
     """Build a fresh model and call pm.sample for every dataset (no diagnostics)."""
     import pymc as pm
@@ -129,6 +157,7 @@ def main(argv=None):
     fitter = PyMCFitter(build_model, draws=args.draws, tune=args.tune, chains=args.chains)
     spec = {"model": "linear"}
     a = run_fitter_loop(datasets, seeds, fitter, spec)
+    c = run_worker_study(datasets, args.draws, args.tune, args.chains)
 
     k = min(args.naive_n, args.n)
     naive = None
@@ -146,8 +175,15 @@ def main(argv=None):
     print(f"| (a) PyMCFitter: compile once + with_data + nutpie | {a['n']} | "
           f"{a['per_fit_median']:.3f} | {rate_a:.1f} | excl. one-time compile {a['compile']:.1f} s; "
           f"{rate_a_incl:.1f} fits/s incl. it |")
+    rate_c = c["n"] / (c["wall"] - c["compile"])
+    outside_c = 1 - c["sampling"] / (c["wall"] - c["compile"])
+    print(f"| (c) study through our worker (inline executor) | {c['n']} | "
+          f"{(c['wall'] - c['compile']) / c['n']:.3f} | {rate_c:.1f} | excl. compile {c['compile']:.1f} s; "
+          f"{c['n'] / c['wall']:.1f} fits/s incl. it; {100 * outside_c:.1f} % of time outside nutpie.sample |")
     if naive is not None:
         rate_n = naive["n"] / naive["wall"]
+        print(f"| ratio (c)/(b): worker vs naive | | | {rate_c / rate_n:.1f}x | incl. compile: "
+              f"{c['n'] / c['wall'] / rate_n:.1f}x |")
         print(f"| (b) naive: build model + pm.sample | {naive['n']} of {args.n} | "
               f"{naive['per_fit_median']:.3f} | {rate_n:.2f} | rate from the {naive['n']} timed fits; "
               f"{args.n} fits extrapolated: {args.n / rate_n:.0f} s |")
