@@ -108,8 +108,8 @@ def reduce_results(result_dir: str | Path, cell_block_rows: int = 50_000) -> Red
     raw = frozen.raw
     n, n_rep = frozen.n_tasks, int(raw["n_replicates"])
     win = select_winners(rd, n)
-    seg_of, row_of, segments, corrupt = win.seg_of, win.row_of, win.segments, win.corrupt
-    present = np.flatnonzero(seg_of >= 0)
+    segments, corrupt = win.segments, win.corrupt
+    present = np.flatnonzero(win.seg_of >= 0)
     pos = np.full(n, -1, dtype=np.int64)
     pos[present] = np.arange(present.size)
     n_rows = int(present.size)

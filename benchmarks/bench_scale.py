@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -100,7 +99,7 @@ def main() -> None:
             d = run_role("local", path, str(nd), str(nr), "fast")
             w = worker_peak(path)
             red = run_role("reduce", path, str(nd), str(nr), "fast")
-            rows.append((f"local pool (2 workers), fast mock", n, f"{n / d['seconds']:.0f} tasks/s",
+            rows.append(("local pool (2 workers), fast mock", n, f"{n / d['seconds']:.0f} tasks/s",
                          f"driver {d['maxrss_mb']:.0f} MB, worker {w:.0f} MB, reducer {red['maxrss_mb']:.0f} MB, "
                          f"reducer {n / red['seconds']:.0f} rows/s"))
     print(f"{'run':<38} {'tasks':>8} {'speed':>16}  peak RSS")

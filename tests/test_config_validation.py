@@ -5,7 +5,7 @@ import pytest
 
 from bayesim_hpc import ConfigError, MockFitter, resolve_retention, rmse_metric, run_simulation
 
-from .studies.linear import generate, make_config
+from .studies.linear import make_config
 
 
 def gen2(spec, rng):  # one argument short

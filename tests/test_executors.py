@@ -7,7 +7,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from bayesim_hpc import MockFitter, load_results, resume_simulation, run_simulation
+from bayesim_hpc import MockFitter, resume_simulation, run_simulation
 from bayesim_hpc.resultdir import ResultDir
 
 from .studies.linear import make_config

@@ -4,8 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayesim_hpc import (ErrorBudgetExceeded, MockFitter, SimData, estimate_size, load_results, resolve_retention,
-                         run_simulation)
+from bayesim_hpc import (ErrorBudgetExceeded, MockFitter, estimate_size, load_results, run_simulation)
 
 from .studies.linear import generate, make_config
 

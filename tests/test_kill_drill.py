@@ -13,12 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import psutil
 import pytest
 
-from bayesim_hpc import load_results, resume_simulation, run_simulation
+from bayesim_hpc import resume_simulation, run_simulation
 from bayesim_hpc.resultdir import ResultDir
 
 from .studies.linear import drill_config

@@ -1,6 +1,5 @@
 """Resume runs only what is missing or failed, and refuses a changed study."""
 
-import numpy as np
 import pytest
 
 from bayesim_hpc import (BayesimError, MockFitter, StudyChangedError, clean_old_checkpoints, list_checkpoints,

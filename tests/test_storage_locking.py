@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from bayesim_hpc import DriverLockedError, load_results, run_simulation
+from bayesim_hpc import DriverLockedError, run_simulation
 from bayesim_hpc.locking import DirLock
 from bayesim_hpc.manifest import scan_progress
 from bayesim_hpc.resultdir import ResultDir
