@@ -88,3 +88,18 @@ def test_checkpoints_listed_and_superseded_ones_cleaned(rdir):
     rep = clean_old_checkpoints(rdir, keep_n=1)
     assert rep.removed == [str(src.relative_to(rdir))]
     assert len(load_results(rdir, reduce="always").summary) == 20
+
+
+def test_lost_manifest_is_rebuilt_from_the_segments(rdir):
+    cfg = make_config(result_path=rdir, n_replicates=30, shard_size=10, chunk_size=5)
+    full = run_simulation(cfg, **QUIET).summary
+    sorted(iter_segment_paths(rdir))[0].unlink()  # five tasks missing
+    (rdir / "manifest.json").unlink()             # and the driver's notebook gone
+    from bayesim_hpc.status import study_status
+
+    st = study_status(rdir)
+    assert (st.n_success, st.n_missing) == (25, 5)
+    assert [s["missing"] for s in st.shards] == [5, 0, 0]
+    res = resume_simulation(rdir, progress=False, emit=lambda s: None)
+    assert res.summary[COLS].equals(full[COLS])
+    assert (rdir / "manifest.json").exists()

@@ -64,6 +64,10 @@ def test_damaged_shard_is_reported_and_rerun(rdir):
     seg.write_bytes(seg.read_bytes()[:300])
     prog = scan_progress(ResultDir(rdir), cfg.n_tasks)
     assert len(prog.corrupt) == 1 and prog.n_missing == 5
+    from bayesim_hpc.status import study_status
+
+    shown = study_status(rdir).render()
+    assert f"DAMAGED segment {seg.relative_to(rdir)}" in shown and "pending: 5" in shown
     lines = []
     again = run_simulation(cfg, progress=False, emit=lines.append).summary
     assert any("damaged segment" in line for line in lines)
