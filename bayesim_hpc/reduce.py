@@ -100,7 +100,7 @@ def select_winners(rd: ResultDir, n_tasks: int, columns: Iterable[str] | None = 
     return Winners(seg_of, row_of, segments, corrupt, sorted(colnames))
 
 
-def reduce_results(result_dir: str | Path, cell_block_rows: int = 50_000) -> ReduceOutcome:
+def reduce_results(result_dir: str | Path, cell_block_rows: int = 5_000) -> ReduceOutcome:
     """Write ``summary.h5`` and ``cells.csv`` from the segments; see the module docstring."""
     t0 = time.perf_counter()
     rd = ResultDir(result_dir)
@@ -118,12 +118,16 @@ def reduce_results(result_dir: str | Path, cell_block_rows: int = 50_000) -> Red
     tmp = rd.path / f".summary.{secrets.token_hex(4)}.h5.tmp"
     n_success = 0
     with h5py.File(tmp, "w", locking=False) as f:
-        f.create_dataset("index", data=present.astype(np.int64))
-        cells = present // n_rep
-        f.create_dataset("rep_idx", data=(present % n_rep + 1).astype(np.int64))
+        f.create_dataset("index", data=present)
         grid_cells = _cells_array(raw)
-        f.create_dataset("data_idx", data=grid_cells[cells, 0] + 1)
-        f.create_dataset("fit_idx", data=grid_cells[cells, 1] + 1)
+        cells = present // n_rep
+        for name in ("rep_idx", "data_idx", "fit_idx"):
+            f.create_dataset(name, shape=(n_rows,), dtype=np.int64)
+        for a in range(0, n_rows, 50_000):  # in blocks: no further whole-study temporaries
+            c = cells[a:a + 50_000]
+            f["rep_idx"][a:a + c.size] = present[a:a + 50_000] % n_rep + 1
+            f["data_idx"][a:a + c.size] = grid_cells[c, 0] + 1
+            f["fit_idx"][a:a + c.size] = grid_cells[c, 1] + 1
         str_cols = list(STR_COLS) + ["segment"]
         strs = f.create_dataset("strings", shape=(n_rows, len(str_cols)), dtype=_STR)
         strs.attrs["columns"] = json.dumps(str_cols)
@@ -176,15 +180,18 @@ def _cells_array(raw: dict[str, Any]) -> np.ndarray:
     return np.array([(d, f) for d in range(nd) for f in range(nf)], dtype=np.int64).reshape(-1, 2)
 
 
-def _write_grid_columns(f: h5py.File, raw: dict[str, Any], grid_cells: np.ndarray, cells: np.ndarray) -> None:
+def _write_grid_columns(f: h5py.File, raw: dict[str, Any], grid_cells: np.ndarray, cells: np.ndarray,
+                        block: int = 20_000) -> None:
+    """``data_<col>``/``fit_<col>`` per row, written in blocks (text columns hold objects)."""
+    n = cells.size
     for prefix, key, j in (("data", "data_grid", 0), ("fit", "fit_grid", 1)):
         for col, values in raw[key].items():
             arr = np.asarray(values)
-            vals = arr[grid_cells[cells, j]] if cells.size else arr[:0]
-            if arr.dtype.kind in "OUS":
-                f.create_dataset(f"grid/{prefix}_{col}", data=np.asarray(vals, dtype=object).astype(str).astype(object), dtype=_STR)
-            else:
-                f.create_dataset(f"grid/{prefix}_{col}", data=vals)
+            text = arr.dtype.kind in "OUS"
+            ds = f.create_dataset(f"grid/{prefix}_{col}", shape=(n,), dtype=_STR if text else arr.dtype)
+            for a in range(0, n, block):
+                vals = arr[grid_cells[cells[a:a + block], j]]
+                ds[a:a + vals.size] = np.asarray(vals, dtype=object).astype(str).astype(object) if text else vals
 
 
 def _column_order(raw: dict[str, Any], numeric: list[str]) -> list[str]:
@@ -206,14 +213,14 @@ def read_summary(path: str | Path, columns: Iterable[str] | None = None, rows: s
         wanted = order if columns is None else [c for c in order if c in set(columns)]
         str_cols = json.loads(f["strings"].attrs["columns"])
         num_cols = json.loads(f["numbers"].attrs["columns"])
-        str_arr = f["strings"].asstr()[sel] if any(c in str_cols for c in wanted) else None
-        num_arr = f["numbers"][sel] if any(c in num_cols for c in wanted) else None
+        num_idx = [num_cols.index(c) for c in wanted if c in num_cols]
+        num_arr = f["numbers"][sel][:, num_idx] if num_idx else None
         data = {}
         for c in wanted:
-            if c in str_cols:
-                data[c] = str_arr[:, str_cols.index(c)]
+            if c in str_cols:  # text columns are read one at a time: they are Python objects
+                data[c] = f["strings"].asstr()[sel, str_cols.index(c)]
             elif c in num_cols:
-                data[c] = num_arr[:, num_cols.index(c)]
+                data[c] = num_arr[:, num_idx.index(num_cols.index(c))]
             elif c in f and isinstance(f[c], h5py.Dataset):
                 data[c] = f[c][sel]
             elif f"grid/{c}" in f:
@@ -240,22 +247,25 @@ def _write_cells(rd: ResultDir, raw: dict[str, Any], block_rows: int) -> None:
     starts = np.concatenate([[0], bounds]).astype(int) if index.size else np.array([], dtype=int)
     stops = np.concatenate([bounds, [index.size]]).astype(int) if index.size else np.array([], dtype=int)
     skip = {"task_id", "error_type", "error_stage", "error_message", "error_traceback", "segment", "attempt", "index", "rep_idx"}
-    out_rows: list[dict[str, Any]] = []  # one per cell: bounded by the grid, not by replicates
+    with h5py.File(rd.summary, "r", locking=False) as f:
+        wanted = [c for c in json.loads(f.attrs["column_order"]) if c not in skip]
+    frames: list[pd.DataFrame] = []  # per-cell measures, one compact frame per block of cells
     i = 0
     while i < len(starts):
         j = i
         while j + 1 < len(starts) and stops[j + 1] - starts[i] <= block_rows:
             j += 1
-        block = read_summary(rd.summary, rows=slice(int(starts[i]), int(stops[j])))
-        block = block[[c for c in block.columns if c not in skip]]
+        block = read_summary(rd.summary, columns=wanted, rows=slice(int(starts[i]), int(stops[j])))
+        rows = []
         for a, b in zip(starts[i:j + 1] - starts[i], stops[i:j + 1] - starts[i]):
             cell = block.iloc[a:b]
             key = {c: cell[c].iloc[0] for c in cell.columns if c.startswith(("data_", "fit_"))}
-            out_rows.append({**key, **cell_measures(cell, kinds)})
+            rows.append({**key, **cell_measures(cell, kinds)})
+        frames.append(pd.DataFrame(rows))
         i = j + 1
     tmp = rd.path / f".cells.{secrets.token_hex(4)}.csv.tmp"
     with open(tmp, "w") as fh:
-        pd.DataFrame(out_rows).to_csv(fh, index=False)
+        (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()).to_csv(fh, index=False)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, rd.cells)

@@ -87,7 +87,8 @@ def main() -> None:
     if args.role:
         role(args.role)
         return
-    small, large = ((5, 100), (50, 100)) if args.quick else ((50, 100), (500, 100))
+    # the seed's grid (50 data x 5 fit); the larger study has 10x the replicates
+    small, large = ((5, 100), (5, 1000)) if args.quick else ((50, 100), (50, 1000))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         n = small[0] * 5 * small[1]
