@@ -3,7 +3,7 @@
 In bayesim-hpc the checkpoints are the shard segments, and they are the results: cleaning
 never deletes a segment holding the only copy of a task's row. What can go is what is
 *superseded* (every row of the segment lost the reducer's de-duplication to a row in a
-newer segment), damaged segments, temporary files of killed writers, and old
+newer segment), damaged segments, temporary files of killed workers and reducers, and old
 ``shards.discarded-*`` folders beyond the newest ``keep_n``.
 
 Example:
@@ -56,7 +56,9 @@ def clean_old_checkpoints(path: str | Path, keep_n: int = 3) -> CleanReport:
         report.removed.append(str(p.relative_to(rd.path)))
         report.bytes_freed += size
 
-    for tmp in rd.shards_dir.glob("*/.*.tmp") if rd.shards_dir.exists() else []:
+    leftovers = list(rd.shards_dir.glob("*/.*.tmp")) if rd.shards_dir.exists() else []
+    leftovers += list(rd.path.glob(".summary.*.tmp")) + list(rd.path.glob(".cells.*.tmp"))
+    for tmp in leftovers:  # files of writers killed before their rename
         drop(tmp)
     win = select_winners(rd, rd.read_frozen().n_tasks, columns=())
     for seg, _ in win.corrupt:

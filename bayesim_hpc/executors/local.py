@@ -113,9 +113,13 @@ class LocalExecutor:
     def _read(self, proc: _Proc) -> None:
         assert proc.popen.stdout is not None
         for line in proc.popen.stdout:
-            if proc.log is not None:
-                proc.log.write(line)
-                proc.log.flush()
+            log = proc.log
+            if log is not None:
+                try:
+                    log.write(line)
+                    log.flush()
+                except ValueError:  # closed by the main thread between shards; keep draining the pipe
+                    pass
             line = line.rstrip("\n")
             kind = "done" if line.startswith('{"shard_done"') else "line"
             self._events.put((kind, proc, line))
