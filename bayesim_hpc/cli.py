@@ -96,6 +96,9 @@ def _finish_code(result: Any) -> int:
 @click.version_option(package_name="bayesim-hpc")
 def main(debug: bool) -> None:
     """Run Bayesian simulation studies on laptops and Slurm clusters, durably."""
+    # as `python -m` would: modules a study refers to (e.g. mypkg.generators) import from here
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 _executor_opt = click.option("--executor", "-e", type=click.Choice(["inline", "local", "mock", "slurm"]),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,13 @@ class ResultDir:
         return FrozenStudy(json.loads(self.study_json.read_text()))
 
     def load_study(self) -> Study:
+        """The frozen study; the study file's folder is importable, as it was at ``run``."""
+        try:
+            folder = json.loads(self.study_json.read_text()).get("study_file")
+        except (FileNotFoundError, json.JSONDecodeError):
+            folder = None
+        if folder and str(Path(folder).parent) not in sys.path:
+            sys.path.insert(0, str(Path(folder).parent))
         with open(self.study_pkl, "rb") as fh:
             return cloudpickle.load(fh)
 

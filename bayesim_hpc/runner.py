@@ -141,6 +141,11 @@ def run_simulation(
         bar.close()
         manifest.update(lambda d: d["runs"][-1].update(ended=time.time(), completed=len(outcome.completed),
                                                         unfinished=len(outcome.unfinished), detached=outcome.detached))
+        if outcome.dry_run:
+            if is_new:  # leave no frozen study behind: the real run may define it differently
+                _remove_new_study(rd)
+            emit("dry run: nothing was submitted")
+            return SimulationResult(rd.path, None, _tmpdir=tmp)
         if outcome.detached:
             emit(f"submitted; the driver is leaving. Check with: bayesim-hpc status {rd.path}")
             return SimulationResult(rd.path, None, _tmpdir=tmp)
@@ -157,6 +162,16 @@ def run_simulation(
             f"or `bayesim-hpc status {rd.path}`; fix the cause, then `bayesim-hpc resume {rd.path}`."
         )
     return result
+
+
+def _remove_new_study(rd: ResultDir) -> None:
+    """Undo what preparing a new result directory wrote (after a dry run)."""
+    import shutil
+
+    for p in (rd.study_json, rd.study_pkl, rd.manifest):
+        p.unlink(missing_ok=True)
+    for d in (rd.shards_dir, rd.logs):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _report_end(emit: Callable[[str], None], rd: ResultDir, red: Any, outcome: RunOutcome) -> None:

@@ -62,6 +62,7 @@ class ShardOutcome:
     stopped: bool = False
     budget_exceeded: bool = False
     segments: int = 0
+    stop_signal: str | None = None  # e.g. "SIGUSR2": what stopped the shard, if anything
 
     @property
     def exit_code(self) -> int:
@@ -144,6 +145,7 @@ def run_shard(
         if _EARLY_STOP:  # told to stop while starting up: run nothing
             todo = []
             out.stopped = True
+            out.stop_signal = signal.Signals(_EARLY_STOP[0]).name
             emit(f"[shard {shard_id}] received {signal.Signals(_EARLY_STOP[0]).name} while starting; stopping")
     shard_dir(rd.path, shard_id).mkdir(parents=True, exist_ok=True)
     try:
@@ -170,6 +172,7 @@ def run_shard(
                 break
     except StopRequested as sig:
         out.stopped = True
+        out.stop_signal = str(sig)
         emit(f"[shard {shard_id}] received {sig}: flushing {len(buffer)} finished task(s) and stopping")
     finally:
         # Signals stay blocked from here on: the flush must not be interrupted by a second one.

@@ -111,6 +111,7 @@ class RunOutcome:
     unfinished: dict[int, str] = field(default_factory=dict)
     budget_exceeded: bool = False
     detached: bool = False
+    dry_run: bool = False
     n_failed_tasks: int = 0
 
 
