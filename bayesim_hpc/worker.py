@@ -23,6 +23,7 @@ if __name__ == "__main__":
 import argparse
 import json
 import os
+import re
 import resource
 import socket
 import sys
@@ -71,19 +72,27 @@ class ShardOutcome:
         return EXIT_STOPPED if self.stopped else EXIT_DONE
 
 
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
 class _WarningRelay:
-    """Prints a warning the first few times it is seen, then only counts it."""
+    """Prints a kind of warning the first few times it is seen, then only counts it.
+
+    The kind is the message with its numbers masked, so "3 divergent transitions" and
+    "12 divergent transitions" fold together.
+    """
 
     def __init__(self, emit: Callable[[str], None], show: int = 3):
         self.emit, self.show, self.counts = emit, show, Counter()
 
     def __call__(self, task_id: str, message: str) -> None:
-        self.counts[message] += 1
-        n = self.counts[message]
+        kind = _NUMBER.sub("#", message)
+        self.counts[kind] += 1
+        n = self.counts[kind]
         if n <= self.show:
             self.emit(f"[{task_id}] WARNING {message}")
-        elif n in (10, 100, 1000, 10000):
-            self.emit(f"[{task_id}] WARNING (seen {n} times) {message}")
+        elif n in (10, 100, 1000, 10000, 100000):
+            self.emit(f"[{task_id}] WARNING (this kind seen {n} times in shard) {message}")
 
 
 def _load(rd: ResultDir) -> Study:

@@ -121,3 +121,14 @@ def test_local_pool_leaves_no_worker_behind(rdir):
     time.sleep(0.2)
     leftovers = [p for p in psutil.Process().children(recursive=True) if "bayesim_hpc.worker" in " ".join(p.cmdline())]
     assert leftovers == []
+
+
+def test_warning_relay_folds_messages_that_differ_only_in_numbers():
+    from bayesim_hpc.worker import _WarningRelay
+
+    out = []
+    relay = _WarningRelay(out.append)
+    for i in range(100):
+        relay(f"d001_f001_r{i + 1:05d}", f"{i + 1} divergent transitions")
+    assert out[:3] == [f"[d001_f001_r0000{i}] WARNING {i} divergent transitions" for i in (1, 2, 3)]
+    assert len(out) == 5 and "seen 100 times" in out[-1]
