@@ -8,8 +8,11 @@ with 4 chains x 1000 draws after 1000 tuning steps, one core:
     vectorised diagnostics. The one-time compile is reported apart.
 (c) study worker: the same datasets as a study run through ``run_simulation`` (inline
     executor = the worker code every executor runs: seeds, metrics, diagnostics, segments
-    written to HDF5, reducer). Its share of time outside ``nutpie.sample`` is
-    1 - sum(timing_fit_sampling) / (wall - compile).
+    written to HDF5, reducer), with ``PyMCFitter(build_model, data=model_data)``: the model
+    is built once (first task), later tasks only swap the pm.Data values. Its share of time
+    outside ``nutpie.sample`` is 1 - sum(timing_fit_sampling) / (wall - compile).
+(c2) as (c), with ``lazy_idata=True``: draws read from nutpie's raw trace, the InferenceData
+    (about a third of ``nutpie.sample``'s time for this model) built only if used - never here.
 (b) naive loop: build the model and ``pm.sample(...)`` per dataset (PyMC's NUTS), on the
     first ``--naive-n`` datasets only (it is slow); its rate is extrapolated from those.
 
@@ -54,6 +57,11 @@ def build_model(data: SimData, fit_spec: dict):
     return model
 
 
+def model_data(data: SimData, fit_spec: dict) -> dict:
+    """The pm.Data values of build_model: with PyMCFitter(data=...) the model is built only once."""
+    return {"x": data.column("x"), "y_obs": data.column("y")}
+
+
 def _ctx(i: int, seed: int) -> TaskContext:
     return TaskContext(
         task_id=f"d001_f001_r{i + 1:05d}", task_index=i, data_idx=0, fit_idx=0, rep_idx=i,
@@ -68,6 +76,8 @@ def run_fitter_loop(datasets, seeds, fitter, fit_spec) -> dict:
     for i, (data, seed) in enumerate(zip(datasets, seeds)):
         results.append(fitter.fit(data, fit_spec, seed, _ctx(i, seed)))
     wall = time.perf_counter() - t0
+    for r in results:  # keep the draws only: 200 live InferenceData slow the later loops' GC
+        r.fit = None
     compile_s = sum(r.timing.get("compile", 0.0) for r in results)
     total = np.array([r.timing["total"] for r in results])
     sampling = np.array([r.timing["sampling"] for r in results])
@@ -89,8 +99,12 @@ def run_fitter_loop(datasets, seeds, fitter, fit_spec) -> dict:
     }
 
 
-def run_worker_study(datasets, draws, tune, chains) -> dict:
-    """The datasets as a study through our worker; returns wall, compile and sampling times."""
+def run_worker_study(datasets, draws, tune, chains, data=model_data, lazy_idata=False) -> dict:
+    """The datasets as a study through our worker; returns wall, compile and sampling times.
+
+    ``data``: the fitter's ``data=`` callable (None: build the model every task, as (a));
+    ``lazy_idata``: the fitter's option of that name.
+    """
     import tempfile
 
     from bayesim_hpc import bias_metric, coverage_metric, rmse_metric, run_simulation, simulation_config
@@ -101,16 +115,31 @@ def run_worker_study(datasets, draws, tune, chains) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = simulation_config(
             data_grid={"n": [datasets[0].column("x").size]}, fit_grid={"model": ["linear"]}, data_generator=generate,
-            fitter=PyMCFitter(build_model, draws=draws, tune=tune, chains=chains),
+            fitter=PyMCFitter(build_model, draws=draws, tune=tune, chains=chains, data=data, lazy_idata=lazy_idata),
             metrics=[rmse_metric("params"), bias_metric(), coverage_metric()], n_replicates=len(datasets),
             seed=1, retain="standard", result_path=f"{tmp}/r")
         t0 = time.perf_counter()
         res = run_simulation(cfg, "inline", progress=False, emit=lambda s: None)
         wall = time.perf_counter() - t0
         s = res.summary
-        compile_s = float(s.get("timing_fit_compile", 0).fillna(0).sum()) if "timing_fit_compile" in s else 0.0
+        compile_col = s["timing_fit_compile"].fillna(0) if "timing_fit_compile" in s else 0.0 * s["timing_total"]
+        compile_s = float(compile_col.sum())
+        st = s[compile_col == 0]  # steady-state tasks
+
+        def col(name):
+            return st[name].fillna(0) if name in st else 0.0 * st["timing_total"]
+
+        fit_parts = {k: col(f"timing_fit_{k}") for k in ("build", "sampling", "extract", "diagnostics")}
+        rows = dict(fit_parts)
+        rows["fit_other"] = col("timing_fit_total") - sum(fit_parts.values())
+        rows["metrics"] = col("timing_metrics")
+        rows["task_other"] = col("timing_total") - col("timing_fit") - rows["metrics"]
+        parts = {k: float(v.median()) for k, v in rows.items()}
+        # setup, segment writes, progress files, reducer: worker time outside run_task
+        parts["outside_tasks"] = (wall - float(s["timing_total"].sum())) / len(s)
         return {"n": len(s), "wall": wall, "compile": compile_s,
-                "sampling": float(s["timing_fit_sampling"].sum()), "ok": int((s["status"] == "success").sum())}
+                "sampling": float(s["timing_fit_sampling"].sum()), "ok": int((s["status"] == "success").sum()),
+                "parts": parts}
 
 
 def run_naive_loop(datasets, seeds, draws, tune, chains) -> dict:
@@ -158,6 +187,7 @@ def main(argv=None):
     spec = {"model": "linear"}
     a = run_fitter_loop(datasets, seeds, fitter, spec)
     c = run_worker_study(datasets, args.draws, args.tune, args.chains)
+    c2 = run_worker_study(datasets, args.draws, args.tune, args.chains, lazy_idata=True)
 
     k = min(args.naive_n, args.n)
     naive = None
@@ -175,18 +205,22 @@ def main(argv=None):
     print(f"| (a) PyMCFitter: compile once + with_data + nutpie | {a['n']} | "
           f"{a['per_fit_median']:.3f} | {rate_a:.1f} | excl. one-time compile {a['compile']:.1f} s; "
           f"{rate_a_incl:.1f} fits/s incl. it |")
-    rate_c = c["n"] / (c["wall"] - c["compile"])
-    outside_c = 1 - c["sampling"] / (c["wall"] - c["compile"])
-    print(f"| (c) study through our worker (inline executor) | {c['n']} | "
-          f"{(c['wall'] - c['compile']) / c['n']:.3f} | {rate_c:.1f} | excl. compile {c['compile']:.1f} s; "
-          f"{c['n'] / c['wall']:.1f} fits/s incl. it; {100 * outside_c:.1f} % of time outside nutpie.sample |")
+    studies = [("(c) study through our worker, data=", c),
+               ("(c2) as (c) + lazy_idata=True (no InferenceData built)", c2)]
+    for label, st in studies:
+        st["rate"] = st["n"] / (st["wall"] - st["compile"])
+        st["outside"] = 1 - st["sampling"] / (st["wall"] - st["compile"])
+        print(f"| {label} | {st['n']} | {(st['wall'] - st['compile']) / st['n']:.3f} | {st['rate']:.1f} | "
+              f"excl. compile {st['compile']:.1f} s; {st['n'] / st['wall']:.1f} fits/s incl. it; "
+              f"{100 * st['outside']:.1f} % of time outside nutpie.sample |")
     if naive is not None:
         rate_n = naive["n"] / naive["wall"]
-        print(f"| ratio (c)/(b): worker vs naive | | | {rate_c / rate_n:.1f}x | incl. compile: "
-              f"{c['n'] / c['wall'] / rate_n:.1f}x |")
         print(f"| (b) naive: build model + pm.sample | {naive['n']} of {args.n} | "
               f"{naive['per_fit_median']:.3f} | {rate_n:.2f} | rate from the {naive['n']} timed fits; "
               f"{args.n} fits extrapolated: {args.n / rate_n:.0f} s |")
+        for tag, st in (("(c)", c), ("(c2)", c2)):
+            print(f"| ratio {tag}/(b): worker vs naive | | | {st['rate'] / rate_n:.1f}x | incl. compile: "
+                  f"{st['n'] / st['wall'] / rate_n:.1f}x |")
         print(f"| ratio (a)/(b) | | | {rate_a / rate_n:.1f}x | incl. compile: {rate_a_incl / rate_n:.1f}x |")
         diff = np.abs(np.array(naive["slope_means"]) -
                       np.array([r.draws["slope"].mean() for r in a["results"][:k]]))
@@ -196,6 +230,14 @@ def main(argv=None):
           f"fitter time (median per fit: build+with_data {1e3 * parts['build']:.1f} ms, "
           f"nutpie.sample {1e3 * parts['sampling']:.1f} ms, diagnostics {1e3 * parts['diagnostics']:.1f} ms)")
     print(f"(a) divergences in all fits: {a['divergent']:.0f}; largest R-hat: {a['rhat_max']:.3f}")
+    for tag, st in (("(c)", c), ("(c2)", c2)):
+        pc = st["parts"]
+        print(f"{tag} per task, steady state (median ms): data()+with_data {1e3 * pc['build']:.2f}, "
+              f"nutpie.sample {1e3 * pc['sampling']:.1f}, read raw trace {1e3 * pc['extract']:.2f}, "
+              f"diagnostics {1e3 * pc['diagnostics']:.2f}, rest of fit {1e3 * pc['fit_other']:.2f}, "
+              f"metrics {1e3 * pc['metrics']:.2f}, rest of task {1e3 * pc['task_other']:.2f}; worker outside "
+              f"tasks (setup, HDF5 segments, reducer) {1e3 * pc['outside_tasks']:.2f} per task; "
+              f"{st['ok']} of {st['n']} tasks succeeded")
     return 0
 
 

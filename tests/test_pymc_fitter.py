@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -59,6 +60,24 @@ def make_data(n, seed):
         train={"x": x, "y": y}, response="y",
         true_params={"intercept": 1.0, "slope": 2.0, "sigma": KNOWN_SIGMA},
     )
+
+
+def model_data(data, fit_spec):
+    """The pm.Data values of build_model, for PyMCFitter(data=...)."""
+    return {"x": data.column("x"), "y_obs": data.column("y")}
+
+
+def build_fixed_n(data, fit_spec):
+    """A likelihood whose length is a number taken from the data: with_data cannot resize it."""
+    import pymc as pm
+
+    with pm.Model() as model:
+        x = pm.Data("x", data.column("x"))
+        y = pm.Data("y_obs", data.column("y"))
+        a = pm.Normal("intercept", 0, PRIOR_SD)
+        b = pm.Normal("slope", 0, PRIOR_SD)
+        pm.Normal("y", a + b * x, KNOWN_SIGMA, observed=y, shape=len(data.column("x")))
+    return model
 
 
 def predict_mean(draws, data, fit_spec):
@@ -132,6 +151,16 @@ def test_pickle_drops_caches():
     assert g.build_model is build_model
     h = pickle.loads(pickle.dumps(f))
     assert h.n_compiles == 0 and h.draws == 10
+    fd = PyMCFitter(build_model, draws=10, data=model_data)
+    fd._data_index["k"] = object()
+    fd.n_builds = 2
+    gd = cloudpickle.loads(cloudpickle.dumps(fd))
+    assert gd.data is model_data and len(gd._data_index) == 0 and gd.n_builds == 0
+
+
+def test_data_must_be_callable():
+    with pytest.raises(TypeError):
+        PyMCFitter(build_model, data={"x": [1.0]})
 
 
 # --------------------------------------------------------------------------- nutpie
@@ -328,3 +357,135 @@ def test_compile_dir_applied_before_pymc_import_on_unpickle(tmp_path):
     assert "imported by unpickling True" in out.stdout
     assert f"dir {cdir}" in out.stdout
     assert "late True" in out.stdout
+
+
+# --------------------------------------------------------------------------- data=
+
+
+@pytest.fixture(scope="module")
+def data_fitter():
+    return PyMCFitter(build_model, draws=200, tune=200, chains=2, data=model_data)
+
+
+@pytest.mark.slow
+def test_data_callable_same_draws_without_rebuilding(fitter, data_fitter, data_a, data_b):
+    f = data_fitter
+    calls = [(data_a, SPEC, 21), (data_b, SPEC, 22), (data_a, SPEC, 23), (data_b, {**SPEC, "target_accept": 0.9}, 24)]
+    builds, compiles = f.n_builds, f.n_compiles
+    for data, spec, seed in calls:
+        with_data = f.fit(data, spec, seed=seed, task_ctx=None)
+        rebuilt = fitter.fit(data, spec, seed=seed, task_ctx=None)
+        assert _same(with_data, rebuilt), (spec, seed)
+        assert with_data.diagnostics == rebuilt.diagnostics
+        assert {"build", "compile", "sampling", "diagnostics", "total"} <= set(with_data.timing)
+    # build_model ran once per data key (another n is another key), nutpie compiled once;
+    # sampler-only fit_spec entries are not part of the key
+    assert f.n_builds - builds == (2 if builds == 0 else 0)
+    assert f.n_compiles - compiles == (1 if compiles == 0 else 0)
+    n = f.n_builds
+    r = f.fit(make_data(50, 3), SPEC, seed=25, task_ctx=None)
+    assert f.n_builds == n and r.timing["compile"] == 0.0
+
+
+@pytest.mark.slow
+def test_data_callable_contract_is_checked_when_building(data_a):
+    def missing(data, fit_spec):
+        return {"x": data.column("x")}
+
+    def wrong(data, fit_spec):
+        return {"x": data.column("x"), "y_obs": data.column("y") + 1.0}
+
+    def not_a_dict(data, fit_spec):
+        return [data.column("x")]
+
+    for fn, err, text in ((missing, ValueError, "missing ['y_obs']"), (wrong, ValueError, "differs"),
+                          (not_a_dict, TypeError, "must return a dict")):
+        f = PyMCFitter(build_model, draws=20, tune=20, chains=1, data=fn)
+        with pytest.raises(err, match=re.escape(text)):
+            f.fit(data_a, SPEC, seed=1, task_ctx=None)
+        assert f.n_compiles == 0
+
+
+@pytest.mark.slow
+def test_data_callable_sampler_failure_is_raised_not_recompiled(data_fitter, data_a, monkeypatch):
+    import nutpie
+
+    f = data_fitter
+    f.fit(data_a, SPEC, seed=31, task_ctx=None)  # this data key has sampled
+    compiles = f.n_compiles
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("All initialization points failed")
+
+    monkeypatch.setattr(nutpie, "sample", boom)
+    with pytest.raises(RuntimeError, match="initialization"):
+        f.fit(data_a, SPEC, seed=32, task_ctx=None)
+    assert f.n_compiles == compiles
+
+
+@pytest.mark.slow
+def test_data_callable_falls_back_when_shapes_break_with_data(data_a, data_b, caplog):
+    f = PyMCFitter(build_fixed_n, draws=200, tune=200, chains=2, data=model_data)
+    ra = f.fit(data_a, SPEC, seed=41, task_ctx=None)
+    assert f.n_compiles == 1 and ra.draws["slope"].shape == (2, 200)
+    # n=70: the structure key cannot see the literal shape, the model compiled for n=50
+    # fails on the new shapes, so the fitter rebuilds and compiles for n=70 and samples again
+    with caplog.at_level(logging.WARNING, logger="bayesim_hpc.fitters.pymc"):
+        rb = f.fit(data_b, SPEC, seed=42, task_ctx=None)
+    assert f.n_compiles == 2 and rb.timing["compile"] > 0
+    assert any("rebuilding and compiling" in r.getMessage() for r in caplog.records)
+    assert f.compile_log[-1]["data_shapes_in_key"] is True
+    assert abs(rb.draws["slope"].mean() - 2.0) < 0.5
+    # both shapes now have their own compiled model: no more builds or compiles
+    builds = f.n_builds
+    rb2 = f.fit(make_data(70, 5), SPEC, seed=43, task_ctx=None)
+    ra2 = f.fit(make_data(50, 6), SPEC, seed=44, task_ctx=None)
+    assert (f.n_builds, f.n_compiles) == (builds, 2)
+    assert "failed_sampling" not in rb2.timing and "failed_sampling" not in ra2.timing
+    # the same seed and data give the same draws as the fit that fell back
+    assert _same(f.fit(data_b, SPEC, seed=42, task_ctx=None), rb)
+
+
+# --------------------------------------------------------------------------- lazy_idata
+
+
+@pytest.mark.slow
+def test_lazy_idata_same_numbers_and_builds_on_use(fitter, data_a):
+    import arviz as az
+    import xarray as xr
+
+    from bayesim_hpc.fitters.pymc import LazyInferenceData
+
+    eager = fitter.fit(data_a, SPEC, seed=51, task_ctx=None)
+    fitter.lazy_idata = True  # read per fit: the compiled model is shared
+    try:
+        lazy = fitter.fit(data_a, SPEC, seed=51, task_ctx=None)
+    finally:
+        fitter.lazy_idata = False
+    assert _same(eager, lazy) and lazy.diagnostics == eager.diagnostics
+    assert "extract" in lazy.timing and lazy.timing["sampling"] > 0
+    assert isinstance(lazy.fit, LazyInferenceData) and not lazy.fit.is_materialized
+    # pickled (retain="fit") it is the InferenceData nutpie.sample returns
+    idata = cloudpickle.loads(cloudpickle.dumps(lazy.fit))
+    assert isinstance(idata, az.InferenceData) and lazy.fit.is_materialized
+    assert set(idata.groups()) == set(eager.fit.groups())
+    for group in eager.fit.groups():
+        xr.testing.assert_equal(idata[group], eager.fit[group])
+    assert "diverging" in lazy.fit.sample_stats and lazy.fit.materialize() is lazy.fit.materialize()
+
+
+@pytest.mark.slow
+def test_lazy_idata_unexpected_trace_falls_back_to_inference_data(fitter, data_a, monkeypatch):
+    import arviz as az
+
+    import bayesim_hpc.fitters.pymc as fp
+
+    eager = fitter.fit(data_a, SPEC, seed=52, task_ctx=None)
+    monkeypatch.setattr(fp, "_arrow_values", lambda column, n_rows: None)  # e.g. missing values
+    fitter.lazy_idata = True
+    try:
+        r = fitter.fit(data_a, SPEC, seed=52, task_ctx=None)
+    finally:
+        fitter.lazy_idata = False
+    assert isinstance(r.fit, az.InferenceData)
+    assert _same(eager, r) and r.diagnostics == eager.diagnostics
