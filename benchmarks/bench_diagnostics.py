@@ -93,8 +93,8 @@ def main(argv=None):
     rows = []
     for shape in shapes:
         x = _draws(rng, *shape)
-        ours_med, ours_min = _time(lambda: dg.diagnose(x), args.reps)
-        az_med, az_min = _time(lambda: arviz_all(x), args.arviz_reps)
+        ours_med, ours_min = _time(lambda x=x: dg.diagnose(x), args.reps)
+        az_med, az_min = _time(lambda x=x: arviz_all(x), args.arviz_reps)
         ours = dg.diagnose(x)
         ref = arviz_all(x)
         diff = max(float(np.max(np.abs(o - r) / np.abs(r))) for o, r in zip(ours, ref))

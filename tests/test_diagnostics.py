@@ -183,7 +183,7 @@ def test_real_pymc_draws_match_arviz():
     with pm.Model():
         mu = pm.Normal("mu", 0, 10)
         sigma = pm.HalfNormal("sigma", 5)
-        theta = pm.Normal("theta", mu, sigma, shape=3)
+        pm.Normal("theta", mu, sigma, shape=3)
         pm.Normal("y", mu, sigma, observed=y)
         idata = pm.sample(
             draws=300, tune=300, chains=4, cores=1, random_seed=1, progressbar=False,

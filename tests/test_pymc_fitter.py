@@ -45,7 +45,7 @@ def build_model(data, fit_spec):
         else:
             sigma = pm.HalfNormal("sigma", 5)
         if fit_spec.get("noisy"):
-            warnings.warn("build_model says hello", UserWarning)
+            warnings.warn("build_model says hello", UserWarning, stacklevel=2)
             logging.getLogger("pymc").warning("a pymc log line")
             logging.getLogger("pymc").info("an info line (dropped)")
         pm.Normal("y", a + b * x, sigma, observed=y, shape=x.shape)
