@@ -31,7 +31,7 @@ import pandas as pd
 
 from .aggregate import cell_measures
 from .resultdir import ResultDir
-from .storage import STR_COLS, CorruptSegment, fsync_dir, iter_segment_paths, read_rows
+from .storage import STR_COLS, CorruptSegment, fsync_path, iter_segment_paths, read_rows
 
 __all__ = ["reduce_results", "ReduceOutcome", "read_summary", "summary_is_current", "select_winners", "Winners"]
 
@@ -161,11 +161,9 @@ def reduce_results(result_dir: str | Path, cell_block_rows: int = 5_000) -> Redu
             n_missing=n - n_rows, n_segments=len(segments), created=time.time(),
             corrupt=json.dumps(corrupt), column_order=json.dumps(_column_order(raw, numeric)),
         )
-    fd = os.open(tmp, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
+    fsync_path(tmp)
     os.replace(tmp, rd.summary)
-    fsync_dir(rd.path)
+    fsync_path(rd.path)
     _write_cells(rd, raw, cell_block_rows)
     return ReduceOutcome(rd.summary, n, n_success, n_rows - n_success, n - n_rows, len(segments), corrupt,
                          time.perf_counter() - t0)
@@ -269,4 +267,4 @@ def _write_cells(rd: ResultDir, raw: dict[str, Any], block_rows: int) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, rd.cells)
-    fsync_dir(rd.path)
+    fsync_path(rd.path)

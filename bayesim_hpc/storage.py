@@ -49,7 +49,7 @@ __all__ = [
     "read_rows",
     "iter_segment_paths",
     "read_task_artifacts",
-    "fsync_dir",
+    "fsync_path",
     "atomic_write_text",
 ]
 
@@ -83,15 +83,8 @@ def shard_dir(result_dir: Path, shard_id: int) -> Path:
     return Path(result_dir) / "shards" / f"s{shard_id:05d}"
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's data, or a directory's entries (after a rename), to stable storage."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -108,7 +101,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def _rows_digest(index: np.ndarray, attempts: np.ndarray, strings: dict[str, Sequence[str]],
@@ -202,9 +195,9 @@ def write_segment(
         nm.attrs["columns"] = json.dumps(names)
         for r in records:
             _write_artifacts(f, r, draws_dtype, compression)
-    _fsync_file(tmp)
+    fsync_path(tmp)
     os.rename(tmp, final)
-    fsync_dir(d)
+    fsync_path(d)
     return final
 
 
