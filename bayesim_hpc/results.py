@@ -33,12 +33,15 @@ class TaskResults(Mapping):
     def __init__(self, result: "SimulationResult"):
         self._result = result
 
+    @cached_property
+    def _position(self) -> pd.Index:
+        return pd.Index(self._result.summary["task_id"])
+
     def _row(self, task_id: str) -> pd.Series:
-        s = self._result.summary
-        hit = s.index[s["task_id"] == task_id]
-        if len(hit) == 0:
-            raise KeyError(task_id)
-        return s.loc[hit[0]]
+        try:
+            return self._result.summary.iloc[self._position.get_loc(task_id)]
+        except KeyError:
+            raise KeyError(f"{task_id!r} has no result (not a task of this study, or missing)") from None
 
     def __getitem__(self, task_id: str) -> dict[str, Any]:
         row = self._row(task_id)
