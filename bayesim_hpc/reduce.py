@@ -65,6 +65,15 @@ class Winners:
     segments: list[Path]
     corrupt: list[tuple[str, str]]
     colnames: list[str]
+    score: np.ndarray
+    tracked: dict[str, np.ndarray]
+
+    @property
+    def state(self) -> np.ndarray:
+        """Per task: 0 = no row, 1 = success, 2 = failed (of the winning row)."""
+        st = np.where(self.seg_of >= 0, 2, 0).astype(np.uint8)
+        st[(self.score >> 50) == 1] = 1
+        return st
 
     def rows_won(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(task indices, row numbers) that segment ``k`` supplies."""
@@ -72,9 +81,14 @@ class Winners:
         return wins, self.row_of[wins]
 
 
-def select_winners(rd: ResultDir, n_tasks: int, columns: Iterable[str] | None = None) -> Winners:
+def select_winners(rd: ResultDir, n_tasks: int, columns: Iterable[str] | None = None,
+                   track: Iterable[str] = ()) -> Winners:
     """Choose one row per task across all valid segments: a success over a failure, then
-    the later attempt, then the later segment in file order. Reads one segment at a time."""
+    the later attempt, then the later segment in file order. Reads one segment at a time.
+
+    ``track``: numeric columns whose winning value per task is kept (NaN where absent).
+    """
+    tracked = {c: np.full(n_tasks, np.nan) for c in track}
     score = np.full(n_tasks, -1, dtype=np.int64)
     seg_of = np.full(n_tasks, -1, dtype=np.int32)
     row_of = np.full(n_tasks, -1, dtype=np.int32)
@@ -97,7 +111,9 @@ def select_winners(rd: ResultDir, n_tasks: int, columns: Iterable[str] | None = 
         score[idx] = s[better]
         seg_of[idx] = k
         row_of[idx] = np.flatnonzero(better)
-    return Winners(seg_of, row_of, segments, corrupt, sorted(colnames))
+        for c, arr in tracked.items():
+            arr[idx] = rows.numbers[c][better] if c in rows.numbers else np.nan
+    return Winners(seg_of, row_of, segments, corrupt, sorted(colnames), score, tracked)
 
 
 def reduce_results(result_dir: str | Path, cell_block_rows: int = 5_000) -> ReduceOutcome:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .locking import DirLock
-from .manifest import Manifest, scan_progress
+from .manifest import Manifest
 from .resultdir import ResultDir
 from .reduce import select_winners
 from .storage import read_rows, shard_dir
@@ -92,26 +92,22 @@ class StudyStatus:
         return "\n".join(lines)
 
 
-def _failures_and_warnings(rd: ResultDir, n_tasks: int) -> tuple[list[dict[str, Any]], int]:
-    """Distinct failure kinds (with counts) and the warning total, over each task's winning row."""
+def _failures(rd: ResultDir, win: Any, state: np.ndarray) -> list[dict[str, Any]]:
+    """Distinct failure kinds with counts; re-reads only segments whose winning rows failed."""
     kinds: dict[tuple[str, str], dict[str, Any]] = {}
-    n_warn = 0
-    win = select_winners(rd, n_tasks, columns=("n_warnings",))
     for k, path in enumerate(win.segments):
-        _, rows_won = win.rows_won(k)
+        tasks, rows_won = win.rows_won(k)
+        rows_won = rows_won[state[tasks] == 2]
         if rows_won.size == 0:
             continue
-        rows = read_rows(path, columns=("n_warnings",))
-        if "n_warnings" in rows.numbers:
-            n_warn += int(np.nansum(rows.numbers["n_warnings"][rows_won]))
+        rows = read_rows(path, columns=())
         for i in rows_won:
-            if rows.strings["status"][i] != "success":
-                key = (rows.strings["error_type"][i], rows.strings["error_stage"][i])
-                entry = kinds.setdefault(key, {"task_id": rows.strings["task_id"][i], "error_type": key[0],
-                                               "stage": key[1], "message": rows.strings["error_message"][i][:200],
-                                               "count": 0})
-                entry["count"] += 1
-    return sorted(kinds.values(), key=lambda e: -e["count"]), n_warn
+            key = (rows.strings["error_type"][i], rows.strings["error_stage"][i])
+            entry = kinds.setdefault(key, {"task_id": rows.strings["task_id"][i], "error_type": key[0],
+                                           "stage": key[1], "message": rows.strings["error_message"][i][:200],
+                                           "count": 0})
+            entry["count"] += 1
+    return sorted(kinds.values(), key=lambda e: -e["count"])
 
 
 def study_status(path: str | Path, live: bool = True) -> StudyStatus:
@@ -123,11 +119,13 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
     raw = frozen.raw
     n, n_rep = frozen.n_tasks, int(raw["n_replicates"])
     study = rd.load_study()
-    prog = scan_progress(rd, n)
+    win = select_winners(rd, n, columns=("n_warnings",), track=("n_warnings",))  # one pass over the segments
+    task_state = win.state
+    n_success, n_failed = int(np.count_nonzero(task_state == 1)), int(np.count_nonzero(task_state == 2))
     cell_of = np.arange(n) // n_rep
     n_cells = n // n_rep
-    done = np.bincount(cell_of[prog.state == 1], minlength=n_cells)
-    failed = np.bincount(cell_of[prog.state == 2], minlength=n_cells)
+    done = np.bincount(cell_of[task_state == 1], minlength=n_cells)
+    failed = np.bincount(cell_of[task_state == 2], minlength=n_cells)
     cells = []
     for k in range(n_cells):
         d, f = (int(v) for v in study.space.cells[k])
@@ -151,7 +149,7 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
     shards = []
     rate_num, rate_t0 = 0, None
     for sh in frozen.shards:
-        st = prog.state[study.space.shard_indices(sh)]
+        st = task_state[study.space.shard_indices(sh)]
         entry = dict(mshards.get(str(sh.shard_id), {}))
         entry.update(live_states.get(sh.shard_id, {}))
         missing = int(np.count_nonzero(st == 0))
@@ -172,13 +170,14 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
     eta = rate = None
     if rate_t0 is not None and rate_num and not (last or {}).get("ended"):
         rate = rate_num / max(1e-9, time.time() - rate_t0)
-        eta = prog.n_missing / rate if rate > 0 else None
+        eta = (n - n_success - n_failed) / rate if rate > 0 else None
     holder = DirLock(rd.driver_lock).holder()
-    failures, n_warn = _failures_and_warnings(rd, n)
+    failures = _failures(rd, win, task_state)
+    n_warn = int(np.nansum(win.tracked["n_warnings"]))
     return StudyStatus(
-        path=str(rd.path), n_tasks=n, n_success=prog.n_success, n_failed=prog.n_failed, n_missing=prog.n_missing,
+        path=str(rd.path), n_tasks=n, n_success=n_success, n_failed=n_failed, n_missing=n - n_success - n_failed,
         n_warnings=n_warn, cells=cells, shards=shards,
-        corrupt=[{"segment": str(p.relative_to(rd.path)), "error": e} for p, e in prog.corrupt],
+        corrupt=[{"segment": seg, "error": e} for seg, e in win.corrupt],
         driver=holder.describe() if holder else None, last_run=last, eta_seconds=eta, rate_per_s=rate,
         failures=failures, scheduler_note=note,
     )
