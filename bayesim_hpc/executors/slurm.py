@@ -97,7 +97,6 @@ _PROFILE_KEYS = {"partition", "account", "qos", "time", "mem_gb", "mem", "cpus_p
                  "signal_delay_s", "python", "compile_dir"}
 _LIVE = {"PENDING", "RUNNING", "REQUEUED", "SUSPENDED"}
 _SETTLE_STATES = {"PREEMPTED", "NODE_FAIL"}
-_RECEIVED = re.compile(r"received (SIG[A-Z0-9]+)")
 _SUBMITIT_LINE = re.compile(r"^submitit (INFO|DEBUG|WARNING|ERROR|CRITICAL) ")
 
 
@@ -198,10 +197,7 @@ def _run_element(result_dir: str, shard_id: int, base_attempt: int, retry_failed
     """Runs inside an array element (called by submitit): one shard; see the module docstring."""
     from .. import worker
 
-    got: list[int] = []
-
-    def early(signum: int, frame: object) -> None:  # until run_shard installs its handlers, and after
-        got.append(signum)
+    def early(signum: int, frame: object) -> None:  # until run_shard installs its handlers
         worker._EARLY_STOP.append(signum)
 
     for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
@@ -213,12 +209,7 @@ def _run_element(result_dir: str, shard_id: int, base_attempt: int, retry_failed
     os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
     restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
     attempt = int(base_attempt) + restarts
-    stop_sig: list[str] = []
-
     def emit(line: str) -> None:
-        m = _RECEIVED.search(line)
-        if m and not stop_sig:
-            stop_sig.append(m.group(1))
         print(line, file=sys.stderr, flush=True)
 
     out = worker.run_shard(result_dir, int(shard_id), attempt, bool(retry_failed), emit=emit, handle_signals=True)
@@ -230,8 +221,7 @@ def _run_element(result_dir: str, shard_id: int, base_attempt: int, retry_failed
         raise SystemExit(EXIT_BUDGET)
     if not out.stopped:
         return {"shard": out.shard_id, "attempt": attempt, "run": out.n_run}
-    sig = getattr(out, "stop_signal", None) or (stop_sig[0] if stop_sig else "") \
-        or (signal.Signals(got[0]).name if got else "")
+    sig = out.stop_signal  # set by run_shard whenever it stopped, also for a signal during start-up
     if sig == "SIGUSR2":
         may = restarts < MAX_SELF_REQUEUES if out.n_run > 0 else restarts + 1 < max_attempts
         array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
