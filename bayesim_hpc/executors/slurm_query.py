@@ -65,7 +65,9 @@ __all__ = [
     "query_jobs",
     "record_submit",
     "reset_backend_cache",
+    "requeue_job",
     "reset_call_counts",
+    "run_command",
     "split_array",
 ]
 
@@ -302,10 +304,11 @@ class CallCounts:
     query: int = 0
     cancel: int = 0
     config: int = 0
+    requeue: int = 0
 
     @property
     def total(self) -> int:
-        return self.submit + self.query + self.cancel + self.config
+        return self.submit + self.query + self.cancel + self.config + self.requeue
 
 
 _counts = CallCounts()
@@ -344,6 +347,16 @@ def _run(kind: str, cmd: list[str], run: Runner, timeout: float | None) -> subpr
         raise SlurmCommandError(f"{cmd[0]} not found (is Slurm installed and on PATH?)", cmd=cmd) from e
     except subprocess.TimeoutExpired as e:
         raise SlurmCommandError(f"{cmd[0]} did not answer within {timeout} s", cmd=cmd) from e
+
+
+def run_command(kind: str, cmd: list[str], *, run: Runner = subprocess.run,
+                timeout: float | None = DEFAULT_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """Run one Slurm command counted under ``kind`` (submit/query/cancel/config/requeue).
+
+    Raises :class:`SlurmCommandError` if it cannot be started or does not answer in time; a
+    non-zero exit status is left to the caller.
+    """
+    return _run(kind, cmd, run, timeout)
 
 
 def _failed(proc: subprocess.CompletedProcess[str], cmd: list[str], what: str) -> SlurmCommandError:
@@ -519,6 +532,14 @@ def cancel_jobs(job_ids: Iterable[str | int], *, signal: str | None = None, run:
             if not errors or not all(_HARMLESS_SCANCEL.search(ln) for ln in errors):
                 raise _failed(proc, cmd, "scancel")
     return calls
+
+
+def requeue_job(job_id: str | int, *, run: Runner = subprocess.run, timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
+    """``scontrol requeue JOB`` (e.g. ``"123_4"``, an element requeueing itself). Raises on failure."""
+    cmd = ["scontrol", "requeue", str(job_id)]
+    proc = _run("requeue", cmd, run, timeout)
+    if proc.returncode != 0:
+        raise _failed(proc, cmd, "scontrol requeue")
 
 
 # --------------------------------------------------------------------------------------------- polling

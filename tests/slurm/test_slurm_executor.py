@@ -24,6 +24,7 @@ import pytest
 from bayesim_hpc import MockFitter, resume_simulation, run_simulation
 from bayesim_hpc.executors import slurm_query as sq
 from bayesim_hpc.executors.slurm import SlurmExecutor, job_name
+from bayesim_hpc.executors.slurm_submit import Submitter
 from bayesim_hpc.resultdir import ResultDir
 
 from ..studies.linear import make_config
@@ -31,7 +32,8 @@ from ..studies.linear import make_config
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 # fast polling for tests (the default is one scheduler query per 10 s); small allocations
-FAST = dict(poll_min_interval=1.0, settle_s=3.0, tick=0.25, time=5, mem=1, workers=8, progress=False)
+# plan="shards": one shard per element, so a test can point at "the element of shard 1"
+FAST = dict(poll_min_interval=1.0, settle_s=3.0, tick=0.25, time=5, mem=1, workers=8, progress=False, plan="shards")
 
 
 def _cfg(path, **kw):
@@ -365,7 +367,7 @@ def test_driver_killed_after_sbatch_is_adopted_not_resubmitted(tmp_path, studies
 
     n0 = sbatch_count()
     with monkeypatch.context() as mp:
-        mp.setattr(SlurmExecutor, "_record_submitted", die)
+        mp.setattr(Submitter, "record_submitted", die)
         with pytest.raises(RuntimeError, match="right after sbatch"):
             run_simulation(cfg_fn(path, fitter=MockFitter(delay=0.4)), "slurm", emit=lambda s: None,
                            **{**FAST, "workers": 2})  # %2: two elements wait, pending, in the array
