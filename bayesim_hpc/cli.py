@@ -72,12 +72,16 @@ def load_study_file(path: str) -> Any:
     return dataclasses.replace(config, study_file=str(p.resolve()))
 
 
-def _executor_options(executor: str, profile, partition, time_, mem, dry_run, detach) -> dict[str, Any]:
-    opts = {k: v for k, v in dict(profile=profile, partition=partition, time=time_, mem=mem).items() if v is not None}
+def _executor_options(executor: str, profile, partition, time_, mem, dry_run, detach, plan=None, target_minutes=None,
+                      task_seconds=None) -> dict[str, Any]:
+    opts = {k: v for k, v in dict(profile=profile, partition=partition, time=time_, mem=mem, plan=plan,
+                                  target_element_min=target_minutes, task_seconds=task_seconds).items()
+            if v is not None}
     if executor == "slurm":
         opts.update(dry_run=dry_run, detach=detach)
     elif opts:
-        raise click.UsageError(f"--profile/--partition/--time/--mem apply to --executor slurm, not {executor}")
+        raise click.UsageError(f"--profile/--partition/--time/--mem/--plan/--target-minutes/--task-seconds apply to "
+                               f"--executor slurm, not {executor}")
     elif detach:
         raise click.UsageError(f"--detach needs a scheduler to leave the work with: use --executor slurm ({executor} "
                                "workers stop with their driver)")
@@ -114,6 +118,12 @@ def _slurm_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--time", "time_", help="Time limit per array element, minutes (overrides the profile)."),
         click.option("--mem", help="Memory per array element, e.g. 4G (overrides the profile)."),
         click.option("--detach", is_flag=True, help="Submit and leave; check later with `status`."),
+        click.option("--plan", type=click.Choice(["time", "shards"]), default=None,
+                     help="Slurm elements: 'time' packs shards by measured cost (default), 'shards' one shard each."),
+        click.option("--target-minutes", type=float, default=None,
+                     help="Minutes of work per Slurm element (default 25, at most 80 %% of --time)."),
+        click.option("--task-seconds", type=float, default=None,
+                     help="Hint: seconds per task, used when nothing is measured yet (instead of a pilot)."),
     ]):
         fn = opt(fn)
     return fn
@@ -130,8 +140,8 @@ def _slurm_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--shard-size", type=int, default=None, help="Tasks per shard at the first run.")
 @click.option("--progress/--no-progress", default=None, help="Progress line (default: on a terminal).")
 @handle_errors
-def run(study_file, result_dir, executor, workers, profile, partition, time_, mem, detach, dry_run, force,
-        shard_size, progress) -> None:
+def run(study_file, result_dir, executor, workers, profile, partition, time_, mem, detach, plan, target_minutes,
+        task_seconds, dry_run, force, shard_size, progress) -> None:
     """Run the study defined in STUDY_FILE (it defines `config = simulation_config(...)`)."""
     from .runner import run_simulation
 
@@ -144,7 +154,8 @@ def run(study_file, result_dir, executor, workers, profile, partition, time_, me
     if dry_run and executor != "slurm":
         _print_plan(config, executor, workers, shard_size)
         return
-    opts = _executor_options(executor, profile, partition, time_, mem, dry_run, detach)
+    opts = _executor_options(executor, profile, partition, time_, mem, dry_run, detach, plan, target_minutes,
+                             task_seconds)
     result = run_simulation(config, executor, workers=workers, force=force, shard_size=shard_size, progress=progress, **opts)
     sys.exit(_finish_code(result))
 
@@ -191,7 +202,8 @@ def status(result_dir, as_json, no_live) -> None:
 @_slurm_opts
 @click.option("--progress/--no-progress", default=None)
 @handle_errors
-def resume(result_dir, executor, workers, profile, partition, time_, mem, detach, progress) -> None:
+def resume(result_dir, executor, workers, profile, partition, time_, mem, detach, plan, target_minutes, task_seconds,
+           progress) -> None:
     """Finish a study: run only its missing and failed tasks."""
     from .manifest import Manifest
     from .resultdir import ResultDir
@@ -200,7 +212,8 @@ def resume(result_dir, executor, workers, profile, partition, time_, mem, detach
     if executor is None:
         runs = Manifest(ResultDir(result_dir)).read().get("runs", [])
         executor = runs[-1]["executor"] if runs else "local"
-    opts = _executor_options(executor, profile, partition, time_, mem, False, detach)
+    opts = _executor_options(executor, profile, partition, time_, mem, False, detach, plan, target_minutes,
+                             task_seconds)
     result = resume_simulation(result_dir, executor, workers=workers, progress=progress, **opts)
     sys.exit(_finish_code(result))
 

@@ -40,8 +40,8 @@ import numpy as np
 
 from .grid import Shard, TaskSpace
 
-__all__ = ["CellCost", "CostModel", "PlannedElement", "plan_elements", "measure_segments", "cost_model",
-           "DEFAULT_STARTUP_S", "describe_plan"]
+__all__ = ["CellCost", "CostModel", "PlannedElement", "plan_elements", "plan_shards_by_cost", "measure_segments",
+           "cost_model", "DEFAULT_STARTUP_S", "describe_plan"]
 
 DEFAULT_STARTUP_S = 5.0
 """Element start-up (Python, imports, study) assumed when nothing better is known."""
@@ -167,6 +167,47 @@ def _pack(classes: Mapping[Hashable, list[int]], shards: list[Shard], costs: np.
         if cur is not None:
             out.append(cur)
     return out
+
+
+def plan_shards_by_cost(space: TaskSpace, task_s: np.ndarray, max_shard_s: float, max_size: int) -> list[Shard]:
+    """Shards of at most ``max_size`` tasks and (where a task allows) ``max_shard_s`` seconds.
+
+    Like :func:`bayesim_hpc.grid.plan_shards` (shard order, never mixing fit rows), but a heavy
+    cell's shards hold fewer tasks, so an element can be given about its target of work.
+
+    >>> sp = TaskSpace(np.array([[0, 0], [1, 0]]), 2, 1, 10)
+    >>> [s.n_tasks for s in plan_shards_by_cost(sp, np.array([1.0, 10.0]), 30.0, 8)]
+    [8, 4, 3, 3, 2]
+    """
+    if max_size < 1:
+        raise ValueError("max_size must be >= 1")
+    order = space._shard_cell_order
+    fits = space.cells[order, 1]
+    shards: list[Shard] = []
+    start = pos = 0
+    acc = 0.0
+    for j, k in enumerate(order):
+        if j and fits[j] != fits[j - 1] and pos > start:  # never mix fit rows
+            shards.append(Shard(len(shards), start, pos))
+            start, acc = pos, 0.0
+        c = float(task_s[k])
+        per = max(1, min(max_size, int(max_shard_s // c) if c > 0 else max_size))
+        left = space.n_rep
+        while left:
+            room = min(max_size - (pos - start), max(0, int((max_shard_s - acc) // c)) if c > 0 else left)
+            if room <= 0:
+                if pos > start:
+                    shards.append(Shard(len(shards), start, pos))
+                    start, acc = pos, 0.0
+                    continue
+                room = 1  # one task above the budget: a shard of its own
+            take = min(left, room, per)
+            pos += take
+            left -= take
+            acc += take * c
+    if pos > start:
+        shards.append(Shard(len(shards), start, pos))
+    return shards
 
 
 # ------------------------------------------------------------------------------------------ figures

@@ -101,8 +101,11 @@ class ResultDir:
         with open(self.study_pkl, "rb") as fh:
             return cloudpickle.load(fh)
 
-    def freeze(self, study: Study, shard_size: int) -> FrozenStudy:
-        """Write study.pkl and study.json for a new study (study.json last: it marks 'ready')."""
+    def freeze(self, study: Study, shard_size: int, shards: list[Shard] | None = None) -> FrozenStudy:
+        """Write study.pkl and study.json for a new study (study.json last: it marks 'ready').
+
+        ``shards``: a shard plan made elsewhere (e.g. sized by cost); default ``plan_shards``.
+        """
         self.path.mkdir(parents=True, exist_ok=True)
         self.shards_dir.mkdir(exist_ok=True)
         self.logs.mkdir(exist_ok=True)
@@ -110,7 +113,7 @@ class ResultDir:
         with open(tmp, "wb") as fh:
             cloudpickle.dump(study, fh)
         tmp.replace(self.study_pkl)
-        shards = plan_shards(study.space, shard_size)
+        shards = shards if shards is not None else plan_shards(study.space, shard_size)
         raw = {
             "format": FORMAT,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -37,8 +37,12 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def prepare_result_dir(study: Study, rd: ResultDir, resume: str, force: bool, shard_size: int) -> bool:
-    """Freeze a new study or check an existing one. Returns True if the directory was new."""
+def prepare_result_dir(study: Study, rd: ResultDir, resume: str, force: bool, shard_size: int,
+                       shards_for: Callable[[], Any] | None = None) -> bool:
+    """Freeze a new study or check an existing one. Returns True if the directory was new.
+
+    ``shards_for()``: the executor's own shard plan for a new study (None: by ``shard_size``).
+    """
     if resume not in ("auto", "never", "must"):
         raise ConfigError("resume", resume, "is not a resume mode", "use 'auto', 'never' or 'must'")
     if rd.exists():
@@ -55,7 +59,7 @@ def prepare_result_dir(study: Study, rd: ResultDir, resume: str, force: bool, sh
             return False
     elif resume == "must":
         raise BayesimError(f"nothing to resume: {rd.path} holds no study (no study.json)")
-    rd.freeze(study, shard_size)
+    rd.freeze(study, shard_size, shards_for() if shards_for is not None else None)
     return True
 
 
@@ -118,7 +122,11 @@ def run_simulation(
     lock.acquire()
     try:
         size = shard_size or config.shard_size or default_shard_size(config.n_tasks, ex.parallelism)
-        is_new = prepare_result_dir(config, rd, resume, force, size)
+        # an executor that sizes shards by cost (Slurm's time-aware plan) does so for a new study,
+        # unless a shard size was given
+        own = getattr(ex, "initial_shards", None) if not (shard_size or config.shard_size) else None
+        is_new = prepare_result_dir(config, rd, resume, force, size,
+                                    (lambda: own(config, size)) if own is not None else None)
         if retry_failed is None:
             retry_failed = not is_new
         todo, prog = missing_shards(rd, config, retry_failed)

@@ -45,6 +45,7 @@ class StudyStatus:
     rate_per_s: float | None
     failures: list[dict[str, str]] = field(default_factory=list)
     scheduler_note: str = ""
+    elements: list[dict[str, Any]] = field(default_factory=list)  # Slurm: predicted vs measured seconds
 
     @property
     def complete(self) -> bool:
@@ -80,9 +81,17 @@ class StudyStatus:
         lines.append(f"  shards: {len(self.shards)}, {sum(1 for s in self.shards if s['missing'] == 0)} complete")
         for s in unfinished[:max_rows]:
             why = f" - {s['reason']}" if s.get("reason") else ""
+            lf = s.get("last_failure")
+            if lf and lf.get("reason") != s.get("reason"):
+                why += f" (last failure: {lf['state']}: {lf['reason']})"
             jobs = f" job {s['job_ids'][-1]}" if s.get("job_ids") else ""
             lines.append(f"    shard {s['shard']:>5}: {s['state']:<11} {s['missing']:>5} missing, {s['failed']:>4} failed, "
                          f"attempts {s['attempts']}{jobs}{why}")
+        for s in self.shards:
+            if s.get("escalated") and s["missing"] == 0:
+                e = s["escalated"]
+                lines.append(f"    shard {s['shard']:>5}: completed after {e['cause']} ({e['from']} -> {e['to']})")
+        lines += _element_lines(self.elements, max_rows)
         if self.failures:
             lines.append("  failures (first of each kind):")
             for f in self.failures[:max_rows]:
@@ -90,6 +99,23 @@ class StudyStatus:
         if not self.complete:
             lines.append(f"  to finish: bayesim-hpc resume {self.path}")
         return "\n".join(lines)
+
+
+def _element_lines(elements: list[dict[str, Any]], max_rows: int) -> list[str]:
+    """Predicted vs measured seconds of Slurm elements, per resource class."""
+    if not elements:
+        return []
+    out = ["  Slurm elements: predicted vs measured seconds (measured from their done records)"]
+    classes: dict[str, list[dict[str, Any]]] = {}
+    for e in elements:
+        classes.setdefault(str(e.get("resources") or "-"), []).append(e)
+    for label, els in classes.items():
+        pred = [e["predicted_s"] for e in els if e.get("predicted_s") is not None]
+        meas = [e["measured_s"] for e in els if e.get("measured_s") is not None]
+        p = f"{np.mean(pred):.0f} s" if pred else "-"
+        m = f"{np.mean(meas):.0f} s ({len(meas)} finished)" if meas else "- (none finished)"
+        out.append(f"    class {label}: {len(els)} element(s), mean predicted {p}, mean measured {m}")
+    return out
 
 
 def _failures(rd: ResultDir, win: Any, state: np.ndarray) -> list[dict[str, Any]]:
@@ -146,6 +172,11 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
             note = f"{len(live_states)} job element(s) known to Slurm"
         except Exception as exc:  # status must work when the scheduler does not answer
             note = f"could not ask Slurm ({type(exc).__name__}: {exc}); states below are from the manifest"
+    elements: list[dict[str, Any]] = []
+    if last and last.get("executor") == "slurm":
+        from .executors.slurm import SlurmExecutor
+
+        elements = SlurmExecutor().element_times(rd)  # manifest + done records: files only
     shards = []
     rate_num, rate_t0 = 0, None
     for sh in frozen.shards:
@@ -159,7 +190,8 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
         shards.append({"shard": sh.shard_id, "tasks": sh.n_tasks, "done": int(np.count_nonzero(st == 1)),
                        "failed": int(np.count_nonzero(st == 2)), "missing": missing, "state": state,
                        "reason": entry.get("reason", ""), "attempts": int(entry.get("attempts", 0)),
-                       "job_ids": entry.get("job_ids", [])})
+                       "job_ids": entry.get("job_ids", []), "last_failure": entry.get("last_failure"),
+                       "escalated": entry.get("escalated")})
         try:
             pr = json.loads((shard_dir(rd.path, sh.shard_id) / "progress.json").read_text())
             if last and pr.get("time", 0) >= last.get("started", 0):
@@ -179,5 +211,5 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
         n_warnings=n_warn, cells=cells, shards=shards,
         corrupt=[{"segment": seg, "error": e} for seg, e in win.corrupt],
         driver=holder.describe() if holder else None, last_run=last, eta_seconds=eta, rate_per_s=rate,
-        failures=failures, scheduler_note=note,
+        failures=failures, scheduler_note=note, elements=elements,
     )

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# local-slurm.sh - a real one-node Slurm cluster (Debian 12 packages, Slurm 22.05) for tests.
+# local-slurm.sh - a real Slurm cluster of N nodes on this host (Debian 12 packages, Slurm 22.05) for tests.
 #
 # Usage (as root; no systemd needed):
 #   eval "$(scripts/local-slurm.sh start)"   # exports SLURM_CONF (all that clients need)
 #
 # Verbs:
 #   start    install the packages if missing, write the config (only while none of our Slurm
-#            daemons runs), start munged [+ mariadbd + slurmdbd] + slurmctld + slurmd, wait until
-#            the node is idle. Idempotent: on a running cluster it only prints the exports.
+#            daemons runs), start munged [+ mariadbd + slurmdbd] + slurmctld + one slurmd per
+#            node (`slurmd -N n1`, ...), create the unprivileged user, wait until the nodes are idle. Idempotent: on a running cluster it only prints the exports.
 #            Prints `export VAR=...` lines on stdout; all progress goes to stderr.
 #   restart  stop the Slurm daemons (cancelling all jobs), rewrite the config from the current
 #            settings, start again. Use it to change MaxArraySize or accounting.
@@ -23,14 +23,22 @@
 #   LOCAL_SLURM_MAX_ARRAY_SIZE  MaxArraySize, default 10001 (highest array index = value - 1)
 #   LOCAL_SLURM_ACCOUNTING      1 (default) = MariaDB + slurmdbd, so `sacct` works
 #                               0 = no accounting; sacct fails ("accounting storage is disabled")
-#   LOCAL_SLURM_CPUS            CPUs declared for the node (oversubscribes real cores), default 8
-#   LOCAL_SLURM_MEM_MB          RealMemory of the node in MB, default 16000
+#   LOCAL_SLURM_NODES           nodes n1..nN, each its own slurmd on this host (own Port=), default 2
+#   LOCAL_SLURM_CPUS            CPUs declared per node (may oversubscribe the real cores), default 4
+#   LOCAL_SLURM_MEM_MB          RealMemory per node in MB, default 16000
+#   LOCAL_SLURM_MEMLIMIT        how --mem is enforced: cgroup (default where cgroup v1 memory is
+#                               mounted: the kernel OOM-kills, state OUT_OF_MEMORY; memory becomes a
+#                               consumable resource, DefMemPerCPU=500) or none (checked at submit only)
+#   LOCAL_SLURM_USER            unprivileged submitter created by `start`, default bayesim (with an
+#                               association; AccountingStorageEnforce=associations,limits,qos)
 #   LOCAL_SLURM_CRED_EXPIRE     seconds before a requeued job may start again, default 10
 #   LOCAL_SLURM_MIN_JOB_AGE     seconds slurmctld (squeue/scontrol) keeps finished jobs, default 300
 #   LOCAL_SLURM_CTLD_PORT / _SLURMD_PORT / _DBD_PORT / _MYSQL_PORT  6817 / 6818 / 6819 / 16033
+#                               (node k listens on _SLURMD_PORT + 10 + k)
 #   LOCAL_SLURM_TIMEOUT         seconds to wait for each daemon, default 60
 #
-# No cgroups (proctrack/linuxproc, task/none): --mem is checked at submit time only.
+# Node loss drill: kill one node's slurmd (pid file run/slurmd-n1.pid) and its slurmstepds; after
+# SlurmdTimeout (10 s) the node is DOWN and its jobs NODE_FAIL. `start` brings it back.
 # Everything lives under $LOCAL_SLURM_DIR; nothing in /etc or /run is written by this script
 # (apt-get install writes its usual places). Calls are serialised with a lock file.
 set -euo pipefail
@@ -40,7 +48,13 @@ DIR=${LOCAL_SLURM_DIR:-/tmp/slurm-test}
 DIR=${DIR%/}
 MAX_ARRAY_SIZE=${LOCAL_SLURM_MAX_ARRAY_SIZE:-10001}
 ACCOUNTING=${LOCAL_SLURM_ACCOUNTING:-1}
-CPUS=${LOCAL_SLURM_CPUS:-8}
+NODES=${LOCAL_SLURM_NODES:-2}
+CPUS=${LOCAL_SLURM_CPUS:-4}
+SUBMIT_USER=${LOCAL_SLURM_USER:-bayesim}
+if [ -z "${LOCAL_SLURM_MEMLIMIT:-}" ] && [ -d /sys/fs/cgroup/memory ] && [ -w /sys/fs/cgroup/memory ]; then
+  LOCAL_SLURM_MEMLIMIT=cgroup
+fi
+MEMLIMIT=${LOCAL_SLURM_MEMLIMIT:-none}
 MEM_MB=${LOCAL_SLURM_MEM_MB:-16000}
 CRED_EXPIRE=${LOCAL_SLURM_CRED_EXPIRE:-10}
 MIN_JOB_AGE=${LOCAL_SLURM_MIN_JOB_AGE:-300}
@@ -56,7 +70,10 @@ MUNGE_SOCK=$MUNGE_DIR/munge.socket.2
 DB_DIR=$DIR/mysql
 SETTINGS=$ETC/settings.env          # the settings the written config was made from
 APT_LOG=${TMPDIR:-/tmp}/local-slurm-apt.log
-NODE=$(hostname -s)
+HOST=$(hostname -s)
+NODE_NAMES=$(seq -f "n%g" 1 "$NODES" | tr '\n' ' ')
+NODE_LIST="n[1-$NODES]"
+[ "$NODES" = 1 ] && NODE_LIST=n1
 export SLURM_CONF=$ETC/slurm.conf
 
 log() { echo "[local-slurm] $*" >&2; }
@@ -71,6 +88,9 @@ check_settings() {
   fi
   [[ $ACCOUNTING = [01] ]] || die "LOCAL_SLURM_ACCOUNTING must be 0 or 1, got '$ACCOUNTING'"
   local v
+  [[ $MEMLIMIT = cgroup || $MEMLIMIT = none ]] || die "LOCAL_SLURM_MEMLIMIT must be cgroup or none, got '$MEMLIMIT'"
+  [[ $SUBMIT_USER =~ ^[a-z_][a-z0-9_-]*$ ]] || die "LOCAL_SLURM_USER must be a plain user name, got '$SUBMIT_USER'"
+  { is_uint "$NODES" && [ "$NODES" -ge 1 ] && [ "$NODES" -le 64 ]; } || die "LOCAL_SLURM_NODES must be 1..64, got '$NODES'"
   for v in CPUS MEM_MB CRED_EXPIRE MIN_JOB_AGE CTLD_PORT SLURMD_PORT DBD_PORT MYSQL_PORT WAIT_S; do
     is_uint "${!v}" || die "LOCAL_SLURM_$v must be a non-negative integer, got '${!v}'"
   done
@@ -80,14 +100,14 @@ check_settings() {
 # Only PIDs from our own pid files are ever signalled, and only if /proc/PID/exe is the expected
 # program (guards against PID reuse). Debian installs slurmd/slurmctld as *-wlm alternatives.
 pidfile() { echo "$RUN/$1.pid"; }
-running() {  # daemon name -> prints its pid, or fails
-  local f pid exe
+running() {  # daemon name (slurmd-n1 for a node's slurmd) -> prints its pid, or fails
+  local f pid exe want=${1%%-n[0-9]*}
   f=$(pidfile "$1")
   [ -s "$f" ] || return 1
   pid=$(tr -dc '0-9' <"$f")
   [ -n "$pid" ] && [ -d "/proc/$pid" ] || return 1
   exe=$(basename "$(readlink "/proc/$pid/exe" 2>/dev/null)")
-  [ "$exe" = "$1" ] || [ "$exe" = "$1-wlm" ] || return 1
+  [ "$exe" = "$want" ] || [ "$exe" = "$want-wlm" ] || return 1
   echo "$pid"
 }
 any_running() { local n; for n in "$@"; do running "$n" >/dev/null && return 0; done; return 1; }
@@ -103,8 +123,10 @@ wait_for() {  # description command...
   die "$what not ready after ${WAIT_S}s (logs in $LOG)"
 }
 
-node_state() { sinfo -h -n "$NODE" -o %T 2>/dev/null; }
-node_usable() { node_state | grep -qxE 'idle|mixed|allocated|completing'; }
+slurmds() { local n; for n in $NODE_NAMES; do echo "slurmd-$n"; done; }
+node_state() { sinfo -h -N -n "$1" -o %T 2>/dev/null | head -1; }
+node_usable() { node_state "$1" | grep -qxE 'idle|mixed|allocated|completing'; }
+nodes_usable() { local n; for n in $NODE_NAMES; do node_usable "$n" || return 1; done; }
 
 # ---------------------------------------------------------------- install
 install_packages() {  # accounting(0/1)
@@ -146,7 +168,33 @@ write_configs() {
   [ -s "$MUNGE_DIR/munge.key" ] || dd if=/dev/urandom of="$MUNGE_DIR/munge.key" bs=1024 count=1 status=none
   chmod 600 "$MUNGE_DIR/munge.key"
 
-  local acct
+  local acct track nodes="" k n
+  if [ "$MEMLIMIT" = cgroup ]; then
+    track="ProctrackType=proctrack/cgroup
+TaskPlugin=task/cgroup
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=500"
+    cat >"$ETC/cgroup.conf" <<EOF
+# generated by local-slurm.sh (cgroup v1 hierarchy as mounted here)
+CgroupPlugin=cgroup/v1
+CgroupMountpoint=/sys/fs/cgroup
+CgroupAutomount=no
+ConstrainRAMSpace=yes
+ConstrainCores=no
+ConstrainDevices=no
+EOF
+  else
+    track="ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectTypeParameters=CR_Core"
+    rm -f "$ETC/cgroup.conf"
+  fi
+  k=0
+  for n in $NODE_NAMES; do
+    k=$((k + 1))
+    nodes+="NodeName=$n NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((SLURMD_PORT + 10 + k)) CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
+"
+  done
   if [ "$ACCOUNTING" = 1 ]; then
     # AccountingStoragePass is the MUNGE socket for the slurmdbd connection (AuthInfo is ignored there)
     acct="AccountingStorageType=accounting_storage/slurmdbd
@@ -154,7 +202,8 @@ AccountingStorageHost=127.0.0.1
 AccountingStoragePort=$DBD_PORT
 AccountingStoragePass=$MUNGE_SOCK
 JobAcctGatherType=jobacct_gather/linux
-JobAcctGatherFrequency=30"
+JobAcctGatherFrequency=30
+AccountingStorageEnforce=associations,limits,qos"
   else
     acct="AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none"
@@ -163,7 +212,7 @@ JobAcctGatherType=jobacct_gather/none"
   cat >"$SLURM_CONF" <<EOF
 # generated by local-slurm.sh
 ClusterName=localtest
-SlurmctldHost=$NODE(127.0.0.1)
+SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -172,19 +221,17 @@ AuthInfo=socket=$MUNGE_SOCK,cred_expire=$CRED_EXPIRE
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
 StateSaveLocation=$STATE/ctld
-SlurmdSpoolDir=$STATE/d
+SlurmdSpoolDir=$STATE/d/%n
 SlurmctldPidFile=$(pidfile slurmctld)
-SlurmdPidFile=$(pidfile slurmd)
+SlurmdPidFile=$RUN/slurmd-%n.pid
 SlurmctldLogFile=$LOG/slurmctld.log
-SlurmdLogFile=$LOG/slurmd.log
+SlurmdLogFile=$LOG/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 MailProg=/bin/true
 MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+$track
 $acct
 JobCompType=jobcomp/filetxt
 JobCompLoc=$LOG/jobcomp.txt
@@ -199,11 +246,11 @@ MinJobAge=$MIN_JOB_AGE
 KillWait=5
 InactiveLimit=0
 SlurmctldTimeout=30
-SlurmdTimeout=60
+SlurmdTimeout=10
 Waittime=0
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
-PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
-PartitionName=other Nodes=$NODE Default=NO MaxTime=INFINITE State=UP
+${nodes%$'\n'}
+PartitionName=debug Nodes=$NODE_LIST Default=YES MaxTime=INFINITE State=UP
+PartitionName=other Nodes=$NODE_LIST Default=NO MaxTime=INFINITE State=UP
 EOF
 
   if [ "$ACCOUNTING" = 1 ]; then
@@ -212,7 +259,7 @@ EOF
 # generated by local-slurm.sh
 AuthType=auth/munge
 AuthInfo=socket=$MUNGE_SOCK
-DbdHost=$NODE
+DbdHost=$HOST
 DbdAddr=127.0.0.1
 DbdPort=$DBD_PORT
 SlurmUser=root
@@ -234,10 +281,12 @@ EOF
 ACTIVE_MAX_ARRAY_SIZE=$MAX_ARRAY_SIZE
 ACTIVE_ACCOUNTING=$ACCOUNTING
 ACTIVE_CPUS=$CPUS
+ACTIVE_NODES=$NODES
+ACTIVE_MEMLIMIT=$MEMLIMIT
 ACTIVE_MEM_MB=$MEM_MB
 EOF
   echo "export SLURM_CONF=$SLURM_CONF" >"$DIR/env.sh"
-  log "wrote $SLURM_CONF (MaxArraySize=$MAX_ARRAY_SIZE, accounting=$ACCOUNTING, CPUs=$CPUS)"
+  log "wrote $SLURM_CONF ($NODES node(s) x $CPUS CPUs, MaxArraySize=$MAX_ARRAY_SIZE, accounting=$ACCOUNTING, memory limit: $MEMLIMIT)"
 }
 
 # ---------------------------------------------------------------- start
@@ -278,9 +327,23 @@ start_slurmctld() {
 }
 
 start_slurmd() {
-  running slurmd >/dev/null && return 0
-  slurmd -N "$NODE" </dev/null >>"$LOG/slurmd.out" 2>&1 9>&-
-  wait_for "node $NODE" node_usable
+  local n
+  for n in $NODE_NAMES; do
+    running "slurmd-$n" >/dev/null && continue
+    mkdir -p "$STATE/d/$n"
+    slurmd -N "$n" </dev/null >>"$LOG/slurmd-$n.out" 2>&1 9>&-
+  done
+}
+
+make_user() {  # the unprivileged submitter, with an association when accounting is on
+  id -u "$SUBMIT_USER" >/dev/null 2>&1 || useradd -m -s /bin/bash "$SUBMIT_USER" \
+    || die "could not create user $SUBMIT_USER"
+  [ "$(active ACCOUNTING)" = 1 ] || return 0
+  local u
+  for u in root "$SUBMIT_USER"; do
+    sacctmgr -n -P show assoc where user="$u" format=user 2>/dev/null | grep -qx "$u" \
+      || sacctmgr -i add user "$u" account=root >/dev/null 2>&1 || log "WARNING: no association for $u"
+  done
 }
 
 active() {  # setting name (MAX_ARRAY_SIZE, ACCOUNTING, ...) -> value the written config uses
@@ -292,13 +355,15 @@ active() {  # setting name (MAX_ARRAY_SIZE, ACCOUNTING, ...) -> value the writte
 print_env() {
   echo "export SLURM_CONF=$SLURM_CONF"
   echo "export LOCAL_SLURM_DIR=$DIR"
+  echo "export LOCAL_SLURM_USER=$SUBMIT_USER"
 }
 
 cmd_start() {
   local t0 acct
   t0=$(now)
   install_packages "$ACCOUNTING"
-  if ! any_running slurmctld slurmd slurmdbd || [ ! -s "$SETTINGS" ]; then
+  # shellcheck disable=SC2046
+  if ! any_running slurmctld slurmd slurmdbd $(slurmds) || [ ! -s "$SETTINGS" ]; then
     write_configs
   elif [ "$(active MAX_ARRAY_SIZE)" != "$MAX_ARRAY_SIZE" ] || [ "$(active ACCOUNTING)" != "$ACCOUNTING" ]; then
     log "WARNING: cluster already runs with MaxArraySize=$(active MAX_ARRAY_SIZE) accounting=$(active ACCOUNTING);" \
@@ -312,13 +377,19 @@ cmd_start() {
     start_slurmdbd
   fi
   start_slurmctld
+  make_user
   start_slurmd
-  if ! node_usable; then   # e.g. left DOWN/DRAINED by an earlier run
-    log "node $NODE is $(node_state); resuming it"
-    scontrol update nodename="$NODE" state=resume >/dev/null 2>&1 || true
-    wait_for "node $NODE" node_usable
-  fi
-  log "cluster up in $(since "$t0")s (MaxArraySize=$(active MAX_ARRAY_SIZE), accounting=$acct)"
+  local n i
+  for ((i = 0; i < 25; i++)); do nodes_usable && break; sleep 0.2; done
+  for n in $NODE_NAMES; do
+    if ! node_usable "$n"; then   # e.g. left DOWN by a node-loss drill
+      log "node $n is $(node_state "$n"); resuming it"
+      scontrol update nodename="$n" state=resume >/dev/null 2>&1 || true
+    fi
+  done
+  wait_for "nodes $NODE_LIST" nodes_usable
+  log "cluster up in $(since "$t0")s ($(active NODES) node(s), MaxArraySize=$(active MAX_ARRAY_SIZE), accounting=$acct," \
+      "memory limit: $(active MEMLIMIT), submitter: $SUBMIT_USER)"
   print_env
 }
 
@@ -364,8 +435,13 @@ cancel_all_jobs() {  # so no slurmstepd or job process outlives slurmd
 
 stop_slurm() {  # Slurm daemons only; munged and mariadbd keep running
   cancel_all_jobs
-  stop_group slurmd slurmctld
+  # shellcheck disable=SC2046
+  stop_group $(slurmds) slurmd slurmctld
   stop_group slurmdbd   # after slurmctld, so it has received the last job records
+  local c   # cgroup mode: remove the (now empty) cgroup dirs slurmd created
+  for c in /sys/fs/cgroup/*/slurm_*; do
+    [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+  done
 }
 
 cmd_stop() {
@@ -385,7 +461,8 @@ cmd_restart() {
 cmd_status() {
   local n pid rc=0 acct
   acct=$(active ACCOUNTING)
-  for n in munged mariadbd slurmdbd slurmctld slurmd; do
+  # shellcheck disable=SC2046
+  for n in munged mariadbd slurmdbd slurmctld $(slurmds); do
     if pid=$(running "$n"); then
       echo "$n: running (pid $pid)"
     else
@@ -393,7 +470,8 @@ cmd_status() {
       case $n in mariadbd | slurmdbd) [ "$acct" = 1 ] && rc=1 ;; *) rc=1 ;; esac
     fi
   done
-  echo "settings: MaxArraySize=$(active MAX_ARRAY_SIZE) accounting=$acct CPUs=$(active CPUS) dir=$DIR"
+  echo "settings: nodes=$(active NODES) CPUs/node=$(active CPUS) MaxArraySize=$(active MAX_ARRAY_SIZE)" \
+       "accounting=$acct memlimit=$(active MEMLIMIT) dir=$DIR"
   if [ $rc = 0 ]; then sinfo || rc=1; fi
   return $rc
 }

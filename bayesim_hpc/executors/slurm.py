@@ -116,6 +116,7 @@ class SlurmExecutor:
         self.settle_s = float(settle_s) if settle_s is not None else max(30.0, 2 * self.poll_min_interval)
         self.tick = float(tick)
         self.submitter: Submitter | None = None
+        self._pilot_cache: tuple | None = None
 
     @property
     def submissions(self) -> list[dict]:
@@ -188,6 +189,35 @@ class SlurmExecutor:
         limit = res.time_min * 60 - self.signal_delay(res)
         return max(1.0, min(self.target_element_min * 60, 0.8 * limit))
 
+    def _pilot(self, study: Any, emit: Callable[[str], None] | None = None) -> tuple[dict, list]:
+        """Run the pilot once per study object; keep its figures and task records for later."""
+        key = id(study)
+        if self._pilot_cache is None or self._pilot_cache[0] != key:
+            records: list = []
+            t0 = time.monotonic()
+            costs = planning.run_pilot(study, planning.pilot_cells(study.space, max_cells=8), self.pilot_tasks,
+                                       records.extend)
+            self._pilot_cache = (key, costs, records, time.monotonic() - t0)
+        _, costs, records, took = self._pilot_cache
+        if emit:
+            emit(f"slurm: pilot ran {sum(c.n for c in costs.values())} task(s) of {len(costs)} cell(s) here in "
+                 f"{took:.1f} s")
+        return costs, records
+
+    def initial_shards(self, study: Any, size: int) -> list | None:
+        """A new study's shards, sized so that a heavy cell's shard is at most half an element's target
+        (from the hint or the pilot). None: the count-based default."""
+        if self.plan != "time":
+            return None
+        space = study.space
+        hint = planning.hinted(space, [study.fit_spec(f) for f in range(space.n_fit)], self.task_seconds)
+        costs = hint or (self._pilot(study)[0] if self.pilot_tasks > 0 else {})
+        if not costs:
+            return None
+        model = planning.cost_model(space, pilot=costs)
+        return planning.plan_shards_by_cost(space, model.task_seconds(len(space.cells)),
+                                            0.5 * self.target_s(self.base), size)
+
     def figures(self, ctx: RunContext, attempts: dict[int, int], write: bool) -> planning.CostModel:
         """The cost model: segments, else a pilot (kept when ``write``), else the hint."""
         study, space = ctx.study, ctx.study.space
@@ -195,7 +225,6 @@ class SlurmExecutor:
         hint = planning.hinted(space, [study.fit_spec(f) for f in range(space.n_fit)], self.task_seconds)
         pilot: dict[int, planning.CellCost] = {}
         if not measured and not hint and self.pilot_tasks > 0 and self.plan == "time":
-            cells = planning.pilot_cells(space, max_cells=8)
             frozen = ctx.rd.read_frozen().shards
             todo = set(ctx.shard_ids)
             starts = np.array([s.start for s in frozen])
@@ -216,10 +245,9 @@ class SlurmExecutor:
                     write_segment(ctx.rd.path, sid, attempts[sid], 0, recs, draws_dtype=study.draws_dtype,
                                   compression=study.compression)
 
-            t0 = time.monotonic()
-            pilot = planning.run_pilot(study, cells, self.pilot_tasks, keep if write else None)
-            ctx.emit(f"slurm: pilot ran {sum(c.n for c in pilot.values())} task(s) of {len(pilot)} cell(s) here in "
-                     f"{time.monotonic() - t0:.1f} s" + (" (their results are kept)" if write else ""))
+            pilot, records = self._pilot(study, ctx.emit)
+            if write:
+                keep(records)  # the same tasks, seeds and results as in an element: not run again
         return planning.cost_model(space, measured=measured, pilot=pilot, hint=hint, startup_s=self.startup_s,
                                    startup_source="given")
 
