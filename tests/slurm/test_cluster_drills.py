@@ -27,7 +27,7 @@ from bayesim_hpc import MockFitter, run_simulation
 from bayesim_hpc.executors import slurm_query as sq
 from bayesim_hpc.status import study_status
 
-from .test_slurm_executor import FAST, Fault, _cfg, assert_same, inline, manifest, wait_for
+from .test_slurm_executor import FAST, Fault, _cfg, assert_same, inline, manifest, studies, wait_for  # noqa: F401
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -205,6 +205,26 @@ def test_qos_submit_limit_submits_in_waves(tmp_path, studies):
         sh("delete", "qos", qos)
 
 
+def _python_for(as_user: list[str], env: dict[str, str]) -> str:
+    """An interpreter the user can run with this environment's packages (the test's own, or the
+    system's Python of the same version with the venv's site-packages on PYTHONPATH, when the
+    test's interpreter lives where the user cannot read, e.g. /root/.pyenv). Sets env."""
+    check = [*as_user, "{py}", "-c", "import bayesim_hpc, h5py, submitit, numpy"]
+    real = Path(os.path.realpath(sys.executable))
+    # every folder above the real interpreter must be world-searchable (slurmstepd checks it)
+    if all(p.stat().st_mode & 0o001 for p in real.parents) and subprocess.run(
+            [c.format(py=sys.executable) for c in check], env=env, capture_output=True).returncode == 0:
+        return sys.executable
+    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    site = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *site])
+    if Path(system).exists() and subprocess.run([c.format(py=system) for c in check], env=env,
+                                                capture_output=True).returncode == 0:
+        return system
+    pytest.skip(f"no Python with bayesim-hpc's packages that user {as_user[1]} can run (the test's interpreter "
+                f"{sys.executable} is not readable by it, and {system} cannot import them)")
+
+
 @pytest.mark.timeout(300)
 def test_unprivileged_submitter_with_its_own_result_dir(tmp_path_factory):
     user = os.environ.get("LOCAL_SLURM_USER", "bayesim")
@@ -220,14 +240,15 @@ def test_unprivileged_submitter_with_its_own_result_dir(tmp_path_factory):
         "import sys; sys.path.insert(0, {repo!r})\n"
         "from tests.studies.linear import make_config\n"
         "from bayesim_hpc import run_simulation\n"
-        "cfg = make_config(result_path={path!r}, data_grid={{'n': [50, 100]}}, n_replicates=10, shard_size=5)\n"
+        "cfg = make_config(result_path={path!r}, data_grid={{'n': [50, 100], 'sigma': [1.0]}}, n_replicates=10, shard_size=5)\n"
         "r = run_simulation(cfg, 'slurm', progress=False, poll_min_interval=1.0, tick=0.25, time=5, mem=1)\n"
         "print('SUMMARY', len(r.summary), (r.summary['status'] == 'success').sum())\n"
     ).format(repo=str(REPO), path=str(base / "study"))
     env = {k: v for k, v in os.environ.items() if k.startswith(("SLURM_CONF", "LOCAL_SLURM", "PATH", "LANG"))}
     env.update(HOME=pw.pw_dir, USER=user, LOGNAME=user)
-    proc = subprocess.run(["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups",
-                           sys.executable, "-c", script], env=env, cwd=str(base), capture_output=True, text=True,
+    as_user = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups"]
+    python = _python_for(as_user, env)
+    proc = subprocess.run([*as_user, python, "-c", script], env=env, cwd=str(base), capture_output=True, text=True,
                           timeout=240)
     print(proc.stdout[-3000:], proc.stderr[-3000:])
     assert proc.returncode == 0 and "SUMMARY 20 20" in proc.stdout
