@@ -248,8 +248,9 @@ def test_query_jobs_uses_one_sacct_call():
     assert len(run.calls) == 1
     cmd = run.calls[0]
     assert cmd[:2] == ["sacct", "--name"] and cmd[2] == "qa"
-    for flag in ("-X", "-P", "-n"):
+    for flag in ("-P", "-n"):
         assert flag in cmd
+    assert "-X" not in cmd  # step rows are needed: an srun step OUT_OF_MEMORY marks its job
     assert cmd[cmd.index("-S") + 1] == "now-30days"
     assert cmd[cmd.index("-j") + 1] == "5,8,6,7"
     assert sq.call_counts().query == 1
@@ -419,3 +420,12 @@ def test_poller_validates():
         sq.Poller(factor=0.5)
     with pytest.raises(ValueError):
         sq.Poller(burst=0)
+
+
+def test_a_job_whose_step_ran_out_of_memory_is_out_of_memory():
+    # as seen on the test cluster with cgroup memory limits: srun's step OOM-killed, job FAILED
+    text = ("123_0|COMPLETED|0:0|None|n\n123_0.batch|COMPLETED|0:0||batch\n123_0.0|COMPLETED|0:0||python\n"
+            "123_1|FAILED|1:0|None|n\n123_1.batch|FAILED|1:0||batch\n123_1.0|OUT_OF_MEMORY|0:125||python\n"
+            "124|FAILED|1:0|None|n\n124.0|FAILED|1:0||python\n")
+    states = {s.job_id: s.state for s in sq.parse_sacct(text)}
+    assert states == {"123_0": "COMPLETED", "123_1": "OUT_OF_MEMORY", "124": "FAILED"}

@@ -283,9 +283,26 @@ def _split_rows(text: str, nfields: int) -> Iterable[tuple[str, ...]]:
             yield tuple(parts)
 
 
+_STEP_RE = re.compile(r"(\d+(?:\+\d+)?(?:_\d+)?)\.[\w-]+")
+
+
 def parse_sacct(text: str) -> list[JobState]:
-    """Parse ``sacct -P -n --format JobID,State,ExitCode,Reason,JobName`` output."""
-    return _collect(_split_rows(text, 5))  # type: ignore[arg-type]
+    """Parse ``sacct -P -n --format JobID,State,ExitCode,Reason,JobName`` output.
+
+    Step rows (``123_4.batch``, ``123_4.0``) are not entries of their own, but a step that ran
+    out of memory marks its job: submitit runs the work as an ``srun`` step, so a cgroup OOM
+    kill leaves the job FAILED (srun's exit 1) and only the step OUT_OF_MEMORY. Such a job is
+    reported OUT_OF_MEMORY.
+    """
+    rows = list(_split_rows(text, 5))
+    oom = set()
+    for row in rows:
+        m = _STEP_RE.fullmatch(row[0].strip())
+        if m and normalise_state(row[1]) == "OUT_OF_MEMORY":
+            oom.add(m.group(1))
+    states = _collect(rows)  # type: ignore[arg-type]
+    return [replace(s, state="OUT_OF_MEMORY", raw_state=f"OUT_OF_MEMORY (step; job {s.raw_state})")
+            if s.job_id in oom and s.state in ("FAILED", "OUT_OF_MEMORY") else s for s in states]
 
 
 def parse_squeue(text: str) -> list[JobState]:
@@ -442,7 +459,8 @@ def _check_name(name: str) -> None:
 
 def _query_sacct(name: str, job_ids: Sequence[str] | None, since: str, run: Runner,
                  timeout: float | None) -> list[JobState]:
-    cmd = ["sacct", "--name", name, "-X", "-P", "-n", "-S", since, "--format", SACCT_FORMAT]
+    # no -X: the step rows tell an out-of-memory step (see parse_sacct)
+    cmd = ["sacct", "--name", name, "-P", "-n", "-S", since, "--format", SACCT_FORMAT]
     if job_ids:
         cmd += ["-j", ",".join(job_ids)]
     proc = _run("query", cmd, run, timeout)
@@ -473,7 +491,7 @@ def query_jobs(name: str, *, job_ids: Iterable[str | int] | None = None, use_sac
                timeout: float | None = DEFAULT_TIMEOUT_S) -> list[JobState]:
     """All jobs (one entry per array element) with job name ``name``, in one scheduler call.
 
-    ``use_sacct=None`` (default) asks ``sacct`` (``sacct --name NAME -X -P -n -S since``) and falls
+    ``use_sacct=None`` (default) asks ``sacct`` (``sacct --name NAME -P -n -S since``) and falls
     back to ``squeue --name NAME -h -r -t all`` when sacct fails; when it failed because the
     cluster has no accounting, squeue is used directly from then on (until the cluster's
     ``SLURM_CONF`` file changes). ``True`` forces sacct (raising :class:`AccountingDisabledError`
