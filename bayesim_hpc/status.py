@@ -87,10 +87,14 @@ class StudyStatus:
             jobs = f" job {s['job_ids'][-1]}" if s.get("job_ids") else ""
             lines.append(f"    shard {s['shard']:>5}: {s['state']:<11} {s['missing']:>5} missing, {s['failed']:>4} failed, "
                          f"attempts {s['attempts']}{jobs}{why}")
-        for s in self.shards:
-            if s.get("escalated") and s["missing"] == 0:
+        recovered = [s for s in self.shards if s["missing"] == 0 and (s.get("escalated") or s.get("last_failure"))]
+        for s in recovered[:max_rows]:  # finished, but not at the first try: say why
+            if s.get("escalated"):
                 e = s["escalated"]
                 lines.append(f"    shard {s['shard']:>5}: completed after {e['cause']} ({e['from']} -> {e['to']})")
+            else:
+                lf = s["last_failure"]
+                lines.append(f"    shard {s['shard']:>5}: completed after {lf['state']} ({lf['reason']})")
         lines += _element_lines(self.elements, max_rows)
         if self.failures:
             lines.append("  failures (first of each kind):")

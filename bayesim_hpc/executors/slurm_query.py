@@ -55,6 +55,7 @@ __all__ = [
     "cancel_jobs",
     "expand_array_indices",
     "is_lost",
+    "job_history",
     "is_terminal",
     "max_array_size",
     "normalise_state",
@@ -525,6 +526,26 @@ def query_jobs(name: str, *, job_ids: Iterable[str | int] | None = None, use_sac
         return _query_squeue(name, ids, run, timeout)
     _backend_cache[key] = True
     return states
+
+
+def job_history(job_ids: Iterable[str | int], *, run: Runner = subprocess.run,
+                timeout: float | None = DEFAULT_TIMEOUT_S) -> dict[str, list[tuple[str, str]]]:
+    """Every run of each job, oldest first: ``{"123_4": [("NODE_FAIL", "n1"), ("RUNNING", "n2")]}``.
+
+    ``sacct -D`` keeps the records of runs that Slurm requeued by itself (NODE_FAIL, PREEMPTED)
+    or was told to requeue (REQUEUED). Empty where there is no accounting.
+    """
+    ids = [str(j) for j in job_ids]
+    if not ids:
+        return {}
+    cmd = ["sacct", "-D", "-X", "-n", "-P", "-j", ",".join(ids), "--format", "JobID,State,NodeList"]
+    proc = _run("query", cmd, run, timeout)
+    out: dict[str, list[tuple[str, str]]] = {}
+    if proc.returncode != 0:
+        return out
+    for jid, state, nodes in _split_rows(proc.stdout or "", 3):
+        out.setdefault(jid.strip(), []).append((normalise_state(state), nodes.strip()))
+    return out
 
 
 # --------------------------------------------------------------------------------------------- cancel

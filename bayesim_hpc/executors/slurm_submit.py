@@ -73,6 +73,7 @@ class Elem:
     done_checked: float = 0.0
     progress_time: dict[int, float] = field(default_factory=dict)
     requeue_noted: int = 0
+    restarts_noted: int = 0  # in-place restarts whose cause was recorded
     open: list[int] = field(default_factory=list)  # shards not yet complete
     offsets: dict[str, int] = field(default_factory=dict)
     partial: dict[str, str] = field(default_factory=dict)

@@ -94,13 +94,14 @@ class Monitor:
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
                  missing: Callable[[int], int] | None = None, progress: Callable[[int], dict] | None = None,
                  done_record: Callable[[str], dict | None] = lambda job_id: None,
+                 history: Callable[[list[str]], dict[str, list[tuple[str, str]]]] = sq.job_history,
                  record_failed: Callable[[int, str, str], bool] = lambda sid, cause, why: False):
         self.ctx, self.name, self.s, self.folder = ctx, name, settings, folder
         self.query, self.cancel, self.submit_fn, self.plan_fn, self.room = query, cancel, submit, plan, room
         self.sleep, self.clock = sleep, clock
         self.missing = missing or (lambda sid: 0)
         self.progress_of = progress or ctx.shard_progress
-        self.done_record, self.record_failed = done_record, record_failed
+        self.done_record, self.record_failed, self.history = done_record, record_failed, history
         self.active: dict[str, Elem] = {e.job_id: e for e in elems}
         self.submits: dict[int, int] = {s: 1 for e in elems for s in e.open}
         self.resources: dict[int, Any] = {s: e.resources for e in elems for s in e.shards}
@@ -157,6 +158,8 @@ class Monitor:
                     changes[sid]["attempts"] = att
                 n_tasks = int(pr.get("n_tasks", 0) or 0)
                 through = int(pr.get("n_run", 0)) + int(pr.get("n_skipped", 0))
+                if att > e.base_attempts.get(sid, 1) + e.restarts_noted:  # it started again in place
+                    self.note_requeue(e, att - e.base_attempts.get(sid, 1), changes)
                 if n_tasks and through >= n_tasks and check:
                     e.done_checked = now
                     if self.missing(sid) == 0:
@@ -238,6 +241,7 @@ class Monitor:
                         if (st.state == "REQUEUED" or (st.state == "PENDING" and st.reason == "BeginTime")) \
                                 and e.requeue_noted != att:
                             e.requeue_noted = att
+                            self.note_requeue(e, e.restarts_noted + 1, changes)
                             self.ctx.emit(f"[shard {e.open[0] if e.open else '-'}] job {e.job_id} requeued after "
                                           f"attempt {att}; it runs again in place and skips the flushed tasks")
                 continue
@@ -259,6 +263,25 @@ class Monitor:
                 if rec is not None and not rec.get("requeued"):
                     code = int(rec.get("exit", 0)) or code
             self.ended(e, st.state, reason_of(st), changes, resubmit, code)
+
+    def note_requeue(self, e: Elem, restarts: int, changes: dict[int, dict]) -> None:
+        """The element runs again in place: record why its last run ended (sacct's history)."""
+        if restarts <= e.restarts_noted:
+            return
+        e.restarts_noted = restarts
+        try:
+            runs = self.history([e.job_id]).get(e.job_id, [])
+        except sq.SlurmCommandError:
+            runs = []
+        ended = [(st, node) for st, node in runs if st in sq.TERMINAL_STATES or st == "REQUEUED"]
+        if ended:
+            state, node = ended[-1]
+            why = f"{state.lower().replace('_', ' ')} on node {node or '?'}; Slurm requeued job {e.job_id} itself"
+        else:
+            state, why = "REQUEUED", f"job {e.job_id} was requeued (cause unknown: no accounting history)"
+        for sid in e.open:
+            changes.setdefault(sid, {})["last_failure"] = {"state": state, "reason": why, "job_id": e.job_id}
+        self.ctx.emit(f"[shard {e.open[0] if e.open else '-'}] {why}")
 
     def still_alive(self, e: Elem) -> sq.JobState | None:
         """squeue's view of one element (for PREEMPTED/NODE_FAIL: did Slurm requeue it itself?)."""

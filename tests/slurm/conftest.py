@@ -148,3 +148,20 @@ def reconfigured_cluster(slurm_cluster: SlurmCluster) -> Callable[..., AbstractC
             fcntl.flock(lock, fcntl.LOCK_SH)
 
     return reconfigure
+
+
+@pytest.fixture
+def studies(slurm_cluster: SlurmCluster) -> Iterator[list[Path]]:
+    """Result directories used by a test; their Slurm jobs are cancelled afterwards."""
+    from bayesim_hpc.executors.slurm import SlurmExecutor
+    from bayesim_hpc.resultdir import ResultDir
+
+    made: list[Path] = []
+    yield made
+    for path in made:
+        rd = ResultDir(path)
+        if rd.exists():
+            try:
+                SlurmExecutor().cancel(rd)
+            except Exception as exc:  # the cluster may have been restarted; never mask the test's error
+                print(f"cleanup of {path}: {exc}")

@@ -27,7 +27,7 @@ from bayesim_hpc import MockFitter, run_simulation
 from bayesim_hpc.executors import slurm_query as sq
 from bayesim_hpc.status import study_status
 
-from .test_slurm_executor import FAST, Fault, _cfg, assert_same, inline, manifest, studies, wait_for  # noqa: F401
+from .test_slurm_executor import FAST, Fault, _cfg, assert_same, inline, manifest, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -128,7 +128,11 @@ def test_node_lost_mid_run_study_finishes_every_task_once_and_status_names_it(tm
 
     def kill_a_node():
         def busy():
-            for sub in manifest(path).get("submissions", []):
+            try:
+                subs = manifest(path).get("submissions", [])
+            except (FileNotFoundError, json.JSONDecodeError):
+                return None
+            for sub in subs:
                 for job in sub.get("elements") or []:
                     out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %N"], capture_output=True,
                                          text=True).stdout.split()
@@ -141,12 +145,16 @@ def test_node_lost_mid_run_study_finishes_every_task_once_and_status_names_it(tm
         node = wait_for(busy, 120, "an element running on a node")
         victim["node"] = node
         pid = int((Path(os.environ["LOCAL_SLURM_DIR"]) / "run" / f"slurmd-{node}.pid").read_text())
+        # the node's jobs (raw ids, as slurmstepd names them), then every process of theirs
+        ids = set(subprocess.run(["squeue", "-h", "-w", node, "-o", "%A"], capture_output=True, text=True,
+                                 check=True).stdout.split())
         procs = [psutil.Process(pid)]
-        for p in psutil.process_iter(["name", "cmdline", "environ"]):  # the node's steps and job processes
+        for p in psutil.process_iter(["name", "cmdline", "environ"]):
             try:
                 env = p.info["environ"] or {}
-                if env.get("SLURMD_NODENAME") == node or (p.info["name"] or "").startswith("slurmstepd") and \
-                        node in " ".join(p.info["cmdline"] or []):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if env.get("SLURMD_NODENAME") == node or env.get("SLURM_JOB_ID") in ids or \
+                        ("slurmstepd" in cmd and any(f"[{i}." in cmd for i in ids)):
                     procs.append(p)
             except (psutil.Error, TypeError):
                 continue
@@ -161,7 +169,7 @@ def test_node_lost_mid_run_study_finishes_every_task_once_and_status_names_it(tm
     fault = Fault(kill_a_node)
     lines: list[str] = []
     try:
-        res = run_simulation(cfg_fn(path, fitter=MockFitter(delay=0.5)), "slurm", emit=lines.append,
+        res = run_simulation(cfg_fn(path, fitter=MockFitter(delay=1.5)), "slurm", emit=lines.append,
                              **{**FAST, "workers": 8, "settle_s": 5.0})
         node = fault.check()
         print("\n".join(lines))
@@ -169,8 +177,8 @@ def test_node_lost_mid_run_study_finishes_every_task_once_and_status_names_it(tm
         assert len(res.summary) == 48 and res.summary["task_id"].is_unique
         failures = [sh.get("last_failure") or {} for sh in manifest(path)["shards"].values()]
         states = {f.get("state") for f in failures}
-        assert states & {"NODE_FAIL", "UNKNOWN", "CANCELLED", "FAILED"}, failures
-        assert "NODE_FAIL" in states, f"{node}: {failures}"
+        assert "NODE_FAIL" in states, f"{node}: {failures}"  # requeued by Slurm or resubmitted: the cause is kept
+        assert any(node in (f.get("reason") or "") for f in failures if f.get("state") == "NODE_FAIL")
         assert "NODE_FAIL" in study_status(path, live=False).render()
     finally:
         subprocess.run(["bash", str(REPO / "scripts" / "local-slurm.sh"), "start"], capture_output=True, timeout=300)

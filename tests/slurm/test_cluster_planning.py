@@ -15,7 +15,7 @@ from bayesim_hpc.executors.slurm import SlurmExecutor
 from bayesim_hpc.resultdir import ResultDir
 from bayesim_hpc.status import study_status
 
-from .test_slurm_executor import FAST, _cfg, assert_same, inline, manifest, studies, wait_for  # noqa: F401
+from .test_slurm_executor import FAST, _cfg, assert_same, inline, manifest, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -61,20 +61,6 @@ def manifest(path) -> dict:
     return json.loads(ResultDir(path).manifest.read_text())
 
 
-@pytest.fixture
-def studies(slurm_cluster):
-    """Result directories used by a test; their Slurm jobs are cancelled afterwards."""
-    made: list[Path] = []
-    yield made
-    for path in made:
-        rd = ResultDir(path)
-        if rd.exists():
-            try:
-                SlurmExecutor().cancel(rd)
-            except Exception as exc:  # the cluster may have been restarted; never mask the test's error
-                print(f"cleanup of {path}: {exc}")
-
-
 def wait_for(pred, timeout: float, what: str, step: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
