@@ -149,21 +149,22 @@ def _pack(classes: Mapping[Hashable, list[int]], shards: list[Shard], costs: np.
         class_work = float(costs[idx].sum())
         n_el = max(1, math.ceil(class_work / budget - 1e-9))
         even = class_work / n_el  # even out the elements of the class
+        # shard i goes to element floor(midpoint of its work / even): in order, at most n_el elements
+        mids = np.cumsum(costs[idx]) - costs[idx] / 2
+        slot = np.minimum(n_el - 1, np.floor(mids / max(even, 1e-12))).astype(np.int64)
         cur: PlannedElement | None = None
-        work = 0.0
-        for i in idx:
-            if cur is not None and work + costs[i] > even * 1.05 and work > 0:
-                out.append(cur)
-                cur = None
-            if cur is None:
-                cur, work = PlannedElement([], 0, startup_s, res), 0.0
+        last = -1
+        for i, k in zip(idx, slot):
+            if cur is None or k != last:
+                if cur is not None:
+                    out.append(cur)
+                cur, last = PlannedElement([], 0, startup_s, res), int(k)
             cur.shards.append(shards[i].shard_id)
             cur.n_tasks += shards[i].n_tasks
             if fit_of[i] not in cur.fits:
                 cur.fits.append(fit_of[i])
                 cur.predicted_s += first.get(fit_of[i], 0.0)
             cur.predicted_s += float(costs[i])
-            work += float(costs[i])
         if cur is not None:
             out.append(cur)
     return out

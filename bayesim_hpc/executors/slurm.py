@@ -175,9 +175,8 @@ class SlurmExecutor:
                 return self.base
             if sid not in cache:
                 sh = frozen[sid]
-                ks = sorted({int(space._shard_cell_order[p // space.n_rep]) for p in (sh.start, sh.stop - 1)}
-                            | {int(space._shard_cell_order[k]) for k in range(sh.start // space.n_rep,
-                                                                                (sh.stop - 1) // space.n_rep + 1)})
+                blocks = range(sh.start // space.n_rep, (sh.stop - 1) // space.n_rep + 1)  # cells in shard order
+                ks = sorted({int(space._shard_cell_order[k]) for k in blocks})
                 specs = [(ctx.study.data_spec(int(space.cells[k, 0])), ctx.study.fit_spec(int(space.cells[k, 1])))
                          for k in ks]
                 cache[sid] = self.rules.for_cells(specs)

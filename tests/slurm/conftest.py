@@ -48,7 +48,9 @@ class SlurmCluster:
 
     def is_default(self) -> bool:
         s = self.active_settings()
-        return s.get("MAX_ARRAY_SIZE") == str(DEFAULT_MAX_ARRAY_SIZE) and s.get("ACCOUNTING") == "1"
+        return (s.get("MAX_ARRAY_SIZE") == str(DEFAULT_MAX_ARRAY_SIZE) and s.get("ACCOUNTING") == "1"
+                and s.get("NODES", "2") == os.environ.get("LOCAL_SLURM_NODES", "2")
+                and s.get("CPUS", "4") == os.environ.get("LOCAL_SLURM_CPUS", "4"))
 
 
 class ScriptError(RuntimeError):
