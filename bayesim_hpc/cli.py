@@ -121,7 +121,7 @@ def _slurm_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--plan", type=click.Choice(["time", "shards"]), default=None,
                      help="Slurm elements: 'time' packs shards by measured cost (default), 'shards' one shard each."),
         click.option("--target-minutes", type=float, default=None,
-                     help="Minutes of work per Slurm element (default 25, at most 80 %% of --time)."),
+                     help="Minutes of work per Slurm element (default 25, at most half of --time)."),
         click.option("--task-seconds", type=float, default=None,
                      help="Hint: seconds per task, used when nothing is measured yet (instead of a pilot)."),
     ]):

@@ -7,8 +7,8 @@ How a run goes (each step lives in its own module):
 2. **Figures** (``bayesim_hpc.planning``): per cell, seconds per task and the first-fit extra,
    from earlier segments, else a short pilot run here (its results are kept), else the user's
    ``task_seconds`` hint; the element start-up from ``startup_s`` (default 5 s).
-3. **Plan**: pack shards into elements of about ``target_element_min`` (default 25 min, capped
-   inside the time limit) -- or less when the study is small, about one element per parallel
+3. **Plan**: pack shards into elements of about ``target_element_min`` (default 25 min, at most
+   half the time limit) -- or less when the study is small, about one element per parallel
    slot -- grouped by resource class (``slurm_profile``: profile ``rules`` or a ``resources``
    function). ``plan="shards"`` keeps one shard per element.
 4. **Submit in waves** (``slurm_submit.Submitter``, ``slurm_limits``): one ``sbatch`` per class
@@ -57,8 +57,7 @@ class SlurmExecutor:
         resources: ``f(data_spec, fit_spec) -> {"mem_gb": .., "time": .., "cpus_per_task": ..}``
             per cell (besides the profile's ``rules``).
         plan: ``"time"`` (pack shards by cost, the default) or ``"shards"`` (one shard per element).
-        target_element_min: minutes of work per element (default 25; at most 80 % of the time
-            limit). task_seconds: a hint, seconds per task (number or ``{fit value: seconds}``).
+        target_element_min: minutes of work per element (default 25; at most half the time limit). task_seconds: a hint, seconds per task (number or ``{fit value: seconds}``).
         startup_s: an element's fixed start-up. pilot_tasks: tasks per cell the pilot times when
             nothing is known yet (default 2; 0 = no pilot).
         detach: submit, record, return at once. dry_run: print the plan and scripts, submit nothing.
@@ -184,9 +183,10 @@ class SlurmExecutor:
         return of
 
     def target_s(self, res: Resources) -> float:
-        """Seconds of work per element: the target, at most 80 % of the time limit less the signal delay."""
+        """Seconds of work per element: the target, at most half the time limit less the signal delay
+        (an element may get up to one shard -- half a target -- more than its target)."""
         limit = res.time_min * 60 - self.signal_delay(res)
-        return max(1.0, min(self.target_element_min * 60, 0.8 * limit))
+        return max(1.0, min(self.target_element_min * 60, 0.5 * limit))
 
     def _pilot(self, study: Any, emit: Callable[[str], None] | None = None) -> tuple[dict, list]:
         """Run the pilot once per study object; keep its figures and task records for later."""
