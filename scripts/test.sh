@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Quick start 2: install, start the one-node Slurm test cluster (as root), run the whole suite.
+# Quick start 2: install, start the two-node Slurm test cluster on this host (as root), run the whole suite.
 # Arguments go to pytest, e.g. `bash scripts/test.sh -m "not slurm and not slow"` for a quick loop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
