@@ -284,11 +284,13 @@ def cost_model(space: TaskSpace, *, measured: Mapping[int, CellCost] = (), pilot
 
 def run_pilot(study: Any, cells: Iterable[int], per_cell: int,
               keep: Callable[[list[Any]], None] | None = None) -> dict[int, CellCost]:
-    """Run the first ``per_cell`` tasks of each of ``cells`` here and time them.
+    """Run the first tasks of each of ``cells`` here and time them: ``per_cell`` for the first cell
+    of a fit row, one fewer (at least one) for its other cells.
 
     ``keep(records)`` receives the task records (the caller writes them as segments, so the
     tasks are not run again). The first task of each fit row carries the compile: its extra over
-    the later ones is the cell's ``first_s``.
+    the later ones is the row's ``first_s``; later cells of the row reuse the compiled model, so
+    one task tells their per-task time.
     """
     from .task import run_task
 
@@ -297,14 +299,15 @@ def run_pilot(study: Any, cells: Iterable[int], per_cell: int,
     for k in cells:
         recs, times = [], []
         f = int(study.space.cells[k, 1])
-        for r in range(min(per_cell, study.space.n_rep)):
+        n = per_cell if f not in seen_fit else max(1, per_cell - 1)
+        for r in range(min(n, study.space.n_rep)):
             t0 = time.perf_counter()
             rec = run_task(study, study.space.ref(int(k) * study.space.n_rep + r))
             times.append(time.perf_counter() - t0)
             recs.append(rec)
         if keep is not None:
             keep(recs)
-        steady = float(np.median(times[1:])) if len(times) > 1 else times[0]
+        steady = float(np.median(times[1:])) if len(times) > 1 and f not in seen_fit else float(np.median(times))
         first = max(0.0, times[0] - steady) if f not in seen_fit else 0.0
         seen_fit.add(f)
         out[int(k)] = CellCost(steady, first, "pilot", len(times))
