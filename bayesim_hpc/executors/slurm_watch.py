@@ -118,6 +118,7 @@ class Monitor:
         self.finished: list[Elem] = []  # ended elements whose logs are drained once more
         self.done_elems: list[Elem] = []
         self.elapsed: dict[str, float] = {}
+        self._room_checked: float | None = None
 
     # ------------------------------------------------------------------ helpers
     def attempt_seen(self, e: Elem, sid: int) -> int:
@@ -376,6 +377,10 @@ class Monitor:
     def submit_waiting(self, changes: dict[int, dict]) -> None:
         if not self.waiting or self.submit_fn is None or self.plan_fn is None or self.out.budget_exceeded:
             return
+        now = self.clock()
+        if self._room_checked is not None and now - self._room_checked < max(1.0, self.s.poll_min_interval):
+            return  # asking for room is a scheduler query too: at most one per poll interval
+        self._room_checked = now
         room = self.room()
         if room is not None and room <= 0:
             return
