@@ -106,7 +106,7 @@ def run_element(result_dir: str, shards: list[int] | int, base_attempts: list[in
         last_shard = sid
         record["shards"].append({"shard": sid, "attempt": attempt, "run": out.n_run, "success": out.n_success,
                                  "failed": out.n_failed, "skipped": out.n_skipped, "exit": out.exit_code})
-        if out.budget_exceeded or out.stopped:
+        if out.exit_code != EXIT_DONE:  # stopped, error budget, or any other worker exit code
             exit_code, stop_signal = out.exit_code, out.stop_signal
             break
     for sig in _STOP_SIGNALS:
