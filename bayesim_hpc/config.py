@@ -57,6 +57,7 @@ class Study:
     max_errors: int | None = None
     task_grid: pd.DataFrame | None = None
     shard_size: int | None = None
+    stop_on_systematic_failure: int | None = 10
     draws_dtype: str = "float64"
     compression: str | None = None
     study_file: str | None = field(default=None, compare=False)
@@ -214,6 +215,7 @@ def simulation_config(
     max_errors: int | None = None,
     task_grid: pd.DataFrame | None = None,
     shard_size: int | None = None,
+    stop_on_systematic_failure: int | None = 10,
     draws_dtype: str = "float64",
     compression: str | None = None,
     study_file: str | None = None,
@@ -236,6 +238,11 @@ def simulation_config(
         task_grid: optional DataFrame of 1-based ``data_idx``/``fit_idx`` pairs to run
             instead of the full cross.
         shard_size: tasks per worker shard (None: chosen by the executor at first run).
+        stop_on_systematic_failure: stop the study when the first this-many tasks a worker runs
+            (or every task of a shard) all fail with the same error type in the same stage
+            before any task of the shard succeeded: a bug in the generator, fitter or metrics,
+            not bad luck. None never stops early; ``bayesim-hpc run --keep-going`` sets None
+            for one run.
         draws_dtype: ``"float64"`` or ``"float32"`` for retained draws and predictions.
         compression: ``None``, ``"gzip"`` or ``"lzf"`` for retained heavy artifacts.
     """
@@ -289,6 +296,8 @@ def simulation_config(
     me = _check_int("max_errors", max_errors, 0, allow_none=True, example=" or None for no limit")
     tg = _check_task_grid(task_grid, len(dg), len(fg))
     ss = _check_int("shard_size", shard_size, 1, allow_none=True, example=" or None")
+    sosf = _check_int("stop_on_systematic_failure", stop_on_systematic_failure, 1, allow_none=True,
+                      example=" (failed tasks in a row) or None to never stop early")
     if draws_dtype not in ("float64", "float32"):
         raise ConfigError("draws_dtype", draws_dtype, "is not supported", "use 'float64' or 'float32'")
     if compression not in (None, "gzip", "lzf"):
@@ -298,5 +307,6 @@ def simulation_config(
         n_replicates=n_rep, seed=seed_i, retain=tuple(retain_l),
         result_path=Path(result_path) if result_path is not None else None,
         checkpoint_every=ce, chunk_size=cs, max_errors=me, task_grid=tg, shard_size=ss,
+        stop_on_systematic_failure=sosf,
         draws_dtype=draws_dtype, compression=compression, study_file=study_file,
     )

@@ -36,7 +36,7 @@ from .fingerprint import CODE_PARTS, code_descriptions, code_diff, fingerprint_p
 from .grid import Shard, plan_shards
 from .storage import atomic_write_text
 
-__all__ = ["ResultDir", "FrozenStudy", "package_versions"]
+__all__ = ["ResultDir", "FrozenStudy", "package_versions", "runtime_settings"]
 
 FORMAT = 1
 _PKGS = ("bayesim-hpc", "numpy", "pandas", "h5py", "pymc", "pytensor", "nutpie", "submitit")
@@ -69,6 +69,12 @@ class FrozenStudy:
     @property
     def fingerprint(self) -> dict[str, str]:
         return dict(self.raw["fingerprint"])
+
+
+def runtime_settings(study: Study, keep_going: bool = False) -> dict[str, Any]:
+    """The settings a run may change without changing the study (workers read them from study.json)."""
+    return {"max_errors": study.max_errors,
+            "stop_on_systematic_failure": None if keep_going else study.stop_on_systematic_failure}
 
 
 class ResultDir:
@@ -150,11 +156,22 @@ class ResultDir:
             "chunk_size": study.chunk_size,
             "checkpoint_every": study.checkpoint_every,
             "max_errors": study.max_errors,
+            "runtime": runtime_settings(study),
             "study_file": study.study_file,
             "versions": package_versions(),
         }
         atomic_write_text(self.study_json, json.dumps(raw, indent=1, default=str))
         return FrozenStudy(raw)
+
+    def set_runtime(self, settings: dict[str, Any]) -> None:
+        """Record this run's runtime settings in study.json; workers read them from there.
+
+        Only the driver (holding the driver lock) calls this; the rewrite is atomic.
+        """
+        raw = json.loads(self.study_json.read_text())
+        if raw.get("runtime") != settings:
+            raw["runtime"] = settings
+            atomic_write_text(self.study_json, json.dumps(raw, indent=1, default=str))
 
     def check_same_study(self, study: Study) -> FrozenStudy:
         """Raise :class:`StudyChangedError` naming what differs from the frozen study.
