@@ -9,7 +9,8 @@
 
 Exit codes: 0 done; 1 error; 2 usage error; 3 the study is not complete (tasks missing or
 failed); 4 stopped by the error budget (``max_errors``); 5 the result directory is in use
-by another driver; 6 the study changed since the result directory was made.
+by another driver; 6 the study changed since the result directory was made; 130 interrupted
+(Ctrl-C or SIGTERM: what finished is kept, ``resume`` finishes the rest).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, Callable
 
 import click
 
-EXIT_OK, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_BUDGET, EXIT_LOCKED, EXIT_CHANGED = 0, 1, 3, 4, 5, 6
+EXIT_OK, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_BUDGET, EXIT_LOCKED, EXIT_CHANGED, EXIT_INTERRUPTED = 0, 1, 3, 4, 5, 6, 130
 
 
 def _fail(msg: str, code: int) -> None:
@@ -39,18 +40,20 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .errors import BayesimError, DriverLockedError, ErrorBudgetExceeded, StudyChangedError
+        from .errors import BayesimError
 
         debug = click.get_current_context().find_root().params.get("debug", False)
         try:
             return fn(*args, **kwargs)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
+        except KeyboardInterrupt:  # outside a run (a run turns it into Interrupted)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            _fail("interrupted", EXIT_INTERRUPTED)
         except Exception as exc:
             if debug:
                 traceback.print_exc()
-            code = next((c for cls, c in ((DriverLockedError, EXIT_LOCKED), (ErrorBudgetExceeded, EXIT_BUDGET),
-                                          (StudyChangedError, EXIT_CHANGED)) if isinstance(exc, cls)), EXIT_ERROR)
+            code = getattr(exc, "exit_code", EXIT_ERROR)
             name = "" if isinstance(exc, (BayesimError, FileNotFoundError, ValueError)) else f"{type(exc).__name__}: "
             _fail(f"{name}{exc}" + ("" if debug else "  (--debug for the traceback)" if code == EXIT_ERROR and name else ""), code)
 

@@ -11,17 +11,20 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from .config import Study
-from .errors import BayesimError, ConfigError, ErrorBudgetExceeded, SystematicFailureError
+from .errors import BayesimError, ConfigError, ErrorBudgetExceeded, Interrupted, SystematicFailureError
 from .executors import make_executor
 from .executors.base import ProgressLine, RunContext, RunOutcome, default_shard_size
 from .locking import DirLock
@@ -141,7 +144,17 @@ def run_simulation(
         ctx = RunContext(rd=rd, study=config, manifest=manifest, shard_ids=todo, retry_failed=retry_failed,
                          emit=emit, progress=bar, run_id=run_id, max_attempts=max_attempts,
                          failed_before=0 if retry_failed else prog.n_failed)
-        outcome = ex.run(ctx) if todo else RunOutcome()
+        try:
+            with _interrupt_once():
+                outcome = ex.run(ctx) if todo else RunOutcome()
+        except KeyboardInterrupt:
+            bar.close()
+            manifest.update(lambda d: d["runs"][-1].update(ended=time.time(), interrupted=True))
+            kept = scan_progress(rd, config.n_tasks)
+            where = ("the jobs already submitted keep running; " if ex.name == "slurm" else "")
+            raise Interrupted(
+                f"interrupted: {kept.n_success} succeeded and {kept.n_failed} failed task(s) of {config.n_tasks} "
+                f"are kept in {rd.path}; {where}finish with: bayesim-hpc resume {rd.path}") from None
         bar.close()
         manifest.update(lambda d: d["runs"][-1].update(ended=time.time(), completed=len(outcome.completed),
                                                         unfinished=len(outcome.unfinished), detached=outcome.detached))
@@ -196,6 +209,25 @@ def _systematic_failure(rd: ResultDir, red: Any, max_errors: int | None) -> str 
                f"into a new result directory (or with --force, which moves the {red.n_success} finished tasks aside)")
             + ". To run every task anyway: --keep-going "
             "(Python: keep_going=True, or stop_on_systematic_failure=None in simulation_config).")
+
+
+@contextlib.contextmanager
+def _interrupt_once() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt once; a second one while the first is being cleaned up
+    (workers stopped, segments flushed) is ignored instead of breaking the clean-up."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def first(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _remove_new_study(rd: ResultDir) -> None:
