@@ -159,6 +159,28 @@ def run(study_file, result_dir, executor, workers, profile, partition, time_, me
     sys.exit(_finish_code(result))
 
 
+@main.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--cell", "cells", multiple=True, help="Only this cell, e.g. d002_f001 (repeatable).")
+@click.option("--traceback", "show_traceback", is_flag=True, help="Show the traceback of failed cells.")
+@handle_errors
+def check(study_file, cells, show_traceback) -> None:
+    """Preflight: run the first replicate of every cell here, before anything is submitted.
+
+    Prints per cell: success or the error, warnings, wall time and peak memory. Exits 1 if
+    any cell fails. Nothing is written.
+    """
+    from .preflight import preflight, render_check, render_checks
+
+    config = load_study_file(study_file)
+    click.echo(f"check: running replicate 1 of {len(config.space.cells) if not cells else len(cells)} cell(s) of "
+               f"{study_file} in this process (the same tasks, ids and seeds as the real run)", err=True)
+    checks = preflight(config, cells or None,
+                       on_cell=lambda c: click.echo(render_check(c, study_file, show_traceback)))
+    click.echo(render_checks(checks))
+    sys.exit(EXIT_OK if all(c.ok for c in checks) else EXIT_ERROR)
+
+
 def _print_plan(config: Any, executor: str, workers: int | None, shard_size: int | None) -> None:
     from .executors import make_executor
     from .executors.base import default_shard_size

@@ -98,6 +98,12 @@ class Study:
         """Row ``f`` (0-based) of the fit grid as a new plain dict, types kept as in :meth:`data_spec`."""
         return {k: v[f] for k, v in self._columns[1].items()}
 
+    def cell_label(self, d: int, f: int) -> str:
+        """A cell's grid values, as a person reads them: ``n=50, sigma=0.5 | model=linear``."""
+        data = ", ".join(f"{k}={v}" for k, v in self.data_spec(d).items())
+        fit = ", ".join(f"{k}={v}" for k, v in self.fit_spec(f).items())
+        return f"{data} | {fit}"
+
     def metric_kinds(self) -> dict[str, str]:
         return {m.name: getattr(m, "kind", "mean") for m in self.metrics}
 
