@@ -30,7 +30,7 @@ def test_a_study_with_one_failing_cell_exits_nonzero_and_names_it(tmp_path):
 def test_preflight_runs_the_real_first_task_of_each_cell(tmp_path):
     from bayesim_hpc import run_simulation
 
-    config = make_config(data_grid={"n": [20, 40]}, n_replicates=3, result_path=tmp_path / "r")
+    config = make_config(data_grid={"n": [20, 40], "sigma": [1.0]}, n_replicates=3, result_path=tmp_path / "r")
     checks = preflight(config)
     assert [c.task_id for c in checks] == ["d001_f001_r00001", "d002_f001_r00001"]
     assert all(c.ok and c.seconds > 0 and c.peak_rss_mb > 10 for c in checks)
