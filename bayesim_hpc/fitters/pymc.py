@@ -20,14 +20,24 @@ For every task the fitter calls ``build_model`` (a few ms) only to read the new
 ``pm.Data`` values and the model's structure. It keeps one compiled nutpie model per
 *structure key* - the fit_spec without sampler-only entries (:data:`SAMPLER_KEYS`), the
 names, static shapes and dims lengths of the free RVs and stored deterministics, the
-``pm.Data`` names/ranks/dtypes, and a fingerprint of any non-scalar constant in the graph.
+``pm.Data`` names/ranks/dtypes, and a digest of the whole graph (:func:`graph_signature`):
+every op, how they connect, and the value of every constant, scalars included, of every
+shared variable that is not ``pm.Data``, of transforms and initial values. So a compiled
+model is reused only for a model that differs from it in nothing but ``pm.Data`` values.
 The same structure reuses the compiled model via ``compiled.with_data(...)`` (about 26x
-cheaper per fit than ``pm.sample``); a new structure compiles again (logged once per
-structure, counted in :attr:`PyMCFitter.n_compiles`). Two cases compile more often but stay
-correct: data baked in as numpy constants instead of ``pm.Data`` (a new fingerprint every
-dataset; a warning says so once), and stored variables whose shape follows the data without
-a named dim (e.g. a ``pm.Deterministic`` of length n: data shapes join the key; leave it
-out of ``var_names`` to avoid that).
+cheaper per fit than ``pm.sample``); a new structure compiles again (logged at INFO, counted
+in :attr:`PyMCFitter.n_compiles`). Values baked into the graph as numbers change the key:
+a prior scaled to the data (``pm.Normal("b", 0, 2.5 * np.std(y))``, as rstanarm does) or
+data given as numpy arrays instead of ``pm.Data`` compile for every dataset - correct, but
+a compile per task. When a model differs from one compiled before only in such constants,
+the fitter logs a warning once per cell naming them (``2.5 -> 2500 in the graph of
+'slope'``): make them ``pm.Data`` to compile once. Stored variables whose shape follows the
+data without a named dim (e.g. a ``pm.Deterministic`` of length n) put the data shapes into
+the key; leave them out of ``var_names`` to avoid that.
+
+When rebuilding the model takes a noticeable share of the tasks of a cell (10 % over 3
+tasks that compiled nothing), the fitter says so once per cell, with the ``data=`` argument
+that avoids it, written for the model's ``pm.Data`` names (:func:`data_line`).
 
 **Giving the data directly** (``data=``, recommended for large studies): building the model
 only to read its ``pm.Data`` values costs ~10 ms a task (~10 % of a 4 x 1000 nutpie fit of a
@@ -49,24 +59,29 @@ still build the model every task (``pm.sample`` needs it).
 
 The contract: the model's structure (free RVs and their shapes, stored variables, constants)
 must follow from the fit_spec and the shapes and dtypes of the data arrays, not from their
-values. A model that counts groups from a group-index array (``len(np.unique(g))``) breaks it -
-another dataset with the same shapes but another number of groups would silently reuse the old
-structure; don't pass ``data=`` for it, or return a ``pm.Data`` whose shape carries the count
-(e.g. group sizes, length n_groups). A shape dependency the structure key cannot see (e.g. a
+values. The fitter checks it: the first two tasks of every cell in a process build the model
+anyway and compare its structure key with the one compiled for the data key. A model whose
+graph follows the values (a prior scale computed from the data, ``len(np.unique(g))``
+groups) is then built for every task of that data key, as without ``data=``, with a warning
+once per cell; a cell whose first two tasks happen to agree is trusted for the rest. Return
+such values as ``pm.Data`` (a scale as a 0-d ``pm.Data``; group sizes, length n_groups, for
+a count). A shape dependency the structure key cannot see (e.g. a
 likelihood given ``shape=len(x)`` as a number) makes nutpie fail on other shapes: the fitter
 then rebuilds the model for the new shapes, compiles it (keyed by those shapes, logged once)
 and samples again; a failure with the shapes the model was compiled for, or with shapes that
 have sampled before, is raised as is.
 
-**Lazy InferenceData** (``lazy_idata=True``): ``nutpie.sample`` spends about a third of a
-small model's fit (~35 ms of ~110 ms for 4 x 1000 draws of the linear regression) turning
-its Arrow trace into an ``arviz.InferenceData``. With ``lazy_idata=True`` the fitter asks
-nutpie for the raw trace, reads the draws and divergence/tree-depth counts from it directly
-(same numbers, bit for bit) and ``FitResult.fit`` becomes a :class:`LazyInferenceData` that
-builds the InferenceData - exactly what ``nutpie.sample`` returns - only when it is used
-(attribute access, ``materialize()``, or pickling for ``retain="fit"``). A study that never
-reads the fit object skips that cost. It is not an ``InferenceData`` instance: pass
-``fit.materialize()`` to ArviZ functions. PyMC-sampler fits are not affected.
+**Lazy InferenceData** (``lazy_idata=True``, the default): ``nutpie.sample`` spends about a
+third of a small model's fit (~35 ms of ~110 ms for 4 x 1000 draws of the linear regression)
+turning its Arrow trace into an ``arviz.InferenceData``. The fitter asks nutpie for the raw
+trace instead, reads the draws and divergence/tree-depth counts from it directly (same
+numbers, bit for bit) and keeps a :class:`LazyInferenceData` that builds the InferenceData -
+exactly what ``nutpie.sample`` returns - only when it is used: reading ``FitResult.fit``
+(a metric, the ``fit`` retention) returns the built ``arviz.InferenceData``, which ArviZ
+functions accept. A study that never reads the fit object skips the cost. A
+:class:`LazyInferenceData` held directly is not an ``InferenceData`` instance: call its
+``materialize()``. ``lazy_idata=False`` builds it with every fit. PyMC-sampler fits are not
+affected.
 
 fit_spec entries ``sampler`` ("nutpie" or "pymc"), ``target_accept``, ``draws``, ``tune``,
 ``chains`` and ``max_treedepth`` override the constructor's, so one fit grid can compare
@@ -98,7 +113,7 @@ from ..data import SimData, TaskContext
 from ..diagnostics import summarize_draws
 from .base import FitResult
 
-__all__ = ["PyMCFitter", "LazyInferenceData", "configure_compile_dir", "SAMPLER_KEYS"]
+__all__ = ["PyMCFitter", "LazyInferenceData", "configure_compile_dir", "SAMPLER_KEYS", "graph_signature", "data_line"]
 
 _log = logging.getLogger(__name__)
 
@@ -279,15 +294,168 @@ def _spec_key(fit_spec: Mapping[str, Any]) -> tuple:
     return tuple(sorted((str(k), repr(_canon(v))) for k, v in fit_spec.items() if k not in SAMPLER_KEYS))
 
 
-def _structure(model, fit_spec: Mapping[str, Any], var_names: list[str]) -> tuple[tuple, dict]:
-    """The structure key of a built model, and a short description of it."""
+def _op_token(op) -> str:
+    """An op's type and parameters (``__props__``), the same for equal ops in any build."""
+    props = getattr(op, "__props__", None)
+    name = f"{type(op).__module__}.{type(op).__qualname__}"
+    if not props:
+        return name
+    try:
+        return f"{name}{tuple((p, _canon(getattr(op, p))) for p in props)!r}"
+    except Exception:  # pragma: no cover - an odd prop: fall back on the type name
+        return name
+
+
+def _value_token(value: Any) -> tuple[str, str]:
+    """(digest of a constant's value, short text naming it) - scalars are written out."""
+    try:
+        arr = np.asarray(value)
+    except Exception:  # pragma: no cover
+        arr = None
+    if arr is None or arr.dtype == object:
+        text = repr(value)
+        return hashlib.sha1(text.encode()).hexdigest(), text[:60]
+    digest = hashlib.sha1(f"{arr.dtype.str}{arr.shape}".encode())
+    digest.update(np.ascontiguousarray(arr).tobytes())
+    if arr.size == 1:
+        item = arr.item()
+        text = f"{item:.6g}" if isinstance(item, float) else repr(item)
+    else:
+        text = f"array {arr.dtype} {arr.shape}"
+    return digest.hexdigest(), text
+
+
+class GraphSignature:
+    """The model graph, its constants included, as digests (see :func:`graph_signature`).
+
+    ``digest``: changes with any op, connection, constant value, non-``pm.Data`` shared
+    value, transform or initial value. ``skeleton``: the same without constant values, so
+    two models with equal skeletons and different digests differ only in constants.
+    ``constants``: (where, value digest, short text) per constant, in graph order, to name
+    the ones that differ.
+    """
+
+    __slots__ = ("digest", "skeleton", "constants")
+
+    def __init__(self, digest: str, skeleton: str, constants: list[tuple[str, str, str]]):
+        self.digest = digest
+        self.skeleton = skeleton
+        self.constants = constants
+
+    def differing(self, other: "GraphSignature") -> list[str]:
+        """Texts naming the constants whose values differ from ``other``'s (same skeleton)."""
+        out = []
+        for (where, d1, t1), (_, d2, t2) in zip(other.constants, self.constants):
+            if d1 != d2:
+                out.append(f"{t1} -> {t2} in the graph of {where!r}")
+        return out
+
+
+def graph_signature(model) -> GraphSignature:
+    """Digest the graph of ``model`` that nutpie compiles, every constant included.
+
+    Walks from every named variable (free RVs, observed RVs and their values, deterministics,
+    potentials) through the ops that compute it, into inner graphs, stopping at other named
+    variables; records each op with its parameters, how nodes connect, the value of every
+    constant (scalars too: ``pm.Normal("b", 0, 2.5 * np.std(y))`` bakes the scale in) and of
+    every shared variable that is not ``pm.Data``. A few hundred microseconds for a small model.
+    """
+    from pytensor.compile.sharedvalue import SharedVariable
     from pytensor.graph.basic import Constant
 
-    try:
-        from pytensor.graph.traversal import ancestors
-    except ImportError:  # pytensor < 2.32
-        from pytensor.graph.basic import ancestors
+    data_ids = {id(d) for d in model.data_vars}
+    roots: list[tuple[str, Any]] = [(rv.name, rv) for rv in model.free_RVs]
+    for rv in model.observed_RVs:
+        roots.append((rv.name, rv))
+        roots.append((f"{rv.name} (observed values)", model.rvs_to_values[rv]))
+    roots += [(d.name, d) for d in model.deterministics]
+    roots += [(p.name or f"potential {i}", p) for i, p in enumerate(model.potentials)]
+    named = {id(v) for _, v in roots} | data_ids
+    full = hashlib.sha1()
+    skel = hashlib.sha1()
+    constants: list[tuple[str, str, str]] = []
+    ids: dict[int, int] = {}
+    seen_ops: set[int] = set()
 
+    def emit(token: str, value_digest: str = "") -> None:
+        skel.update(token.encode())
+        full.update(token.encode())
+        full.update(value_digest.encode())
+
+    def leaf(where: str, var, n: int) -> None:
+        if isinstance(var, Constant):
+            digest, text = _value_token(var.data)
+            constants.append((where, digest, text))
+            emit(f"|{n}:const {var.type}", digest)
+        elif isinstance(var, SharedVariable) and id(var) not in data_ids and "Generator" not in type(var).__name__:
+            digest, text = _value_token(var.get_value(borrow=True))
+            constants.append((f"{where} (shared {var.name})", digest, text))
+            emit(f"|{n}:shared {var.name} {var.type}", digest)
+        else:  # pm.Data, random generators, inner-graph inputs, named variables
+            emit(f"|{n}:input {var.name} {var.type}")
+
+    def apply(where: str, var) -> None:
+        owner = var.owner
+        inputs = ",".join(str(ids[id(i)]) for i in owner.inputs)
+        emit(f"|{ids[id(var)]}={_op_token(owner.op)}({inputs})[{owner.outputs.index(var)}]")
+        inner = getattr(owner.op, "inner_outputs", None)
+        if inner is not None and id(owner.op) not in seen_ops:
+            seen_ops.add(id(owner.op))
+            emit("{")
+            for out in inner:
+                walk(f"{where} (inner graph)", out)
+            emit("}")
+
+    def walk(where: str, top) -> None:
+        # iterative post-order DFS; a node's token names its inputs by their visit numbers
+        stack = [(top, False)]
+        while stack:
+            var, expanded = stack.pop()
+            if expanded:
+                apply(where, var)
+                continue
+            if id(var) in ids:
+                continue
+            ids[id(var)] = n = len(ids)
+            if var.owner is None or id(var) in named:
+                leaf(where, var, n)
+                continue
+            emit(f"|{n}:node {var.type}")
+            stack.append((var, True))
+            stack.extend((i, False) for i in reversed(var.owner.inputs))
+
+    # named variables first (as inputs), then the graph that defines each of them
+    for where, root in roots:
+        if id(root) not in ids:
+            ids[id(root)] = n = len(ids)
+            emit(f"#{where}")
+            leaf(where, root, n)
+    for where, root in roots:
+        if root.owner is not None and id(root) not in data_ids:
+            for inp in root.owner.inputs:
+                walk(where, inp)
+            apply(where, root)
+    for rv, t in model.rvs_to_transforms.items():
+        emit(f"#transform {rv.name} {type(t).__qualname__}", repr(_canon(_plain_attrs(t))))
+    for rv, init in model.rvs_to_initial_values.items():
+        digest, text = _value_token(init) if init is not None else ("", "None")
+        emit(f"#initval {rv.name}", digest)
+        constants.append((f"initval of {rv.name}", digest, text))
+    emit(f"#check_bounds {getattr(model, 'check_bounds', None)}")
+    return GraphSignature(full.hexdigest(), skel.hexdigest(), constants)
+
+
+def _plain_attrs(obj: Any) -> dict:
+    """The number/array/str attributes of a transform (its parameters); callables left out."""
+    out = {}
+    for k, v in sorted(getattr(obj, "__dict__", {}).items()):
+        if isinstance(v, (int, float, str, bool, np.ndarray, np.generic, tuple, list)) and not k.startswith("__"):
+            out[k] = v
+    return out
+
+
+def _structure(model, fit_spec: Mapping[str, Any], var_names: list[str]) -> tuple[tuple, dict]:
+    """The structure key of a built model, and a short description of it."""
     spec = _spec_key(fit_spec)
     dims_of = model.named_vars_to_dims
     unresolved = False
@@ -307,26 +475,17 @@ def _structure(model, fit_spec: Mapping[str, Any], var_names: list[str]) -> tupl
     for d in model.data_vars:
         val = d.get_value(borrow=True)
         data.append((d.name, val.ndim, val.dtype.str, val.shape if unresolved else None))
-    # numpy data baked into the graph as constants: fingerprint every non-scalar constant
-    roots = list(model.free_RVs) + list(model.observed_RVs) + list(model.deterministics)
-    roots += list(model.potentials) + list(model.rvs_to_values.values())
-    digest = hashlib.sha1()
-    n_const = 0
-    for node in ancestors(roots):
-        if isinstance(node, Constant):
-            arr = np.asarray(node.data)
-            if arr.size > 1:
-                n_const += 1
-                digest.update(f"{arr.dtype.str}{arr.shape}".encode())
-                digest.update(np.ascontiguousarray(arr).tobytes())
-    const_fp = digest.hexdigest() if n_const else None
-    key = (spec, tuple(shapes), tuple(sorted(data)), tuple(var_names), const_fp)
+    sig = graph_signature(model)
+    base = (spec, tuple(shapes), tuple(sorted(data)), tuple(var_names))
+    key = base + (sig.digest,)
     desc = {
         "fit_spec": dict(spec),
         "free": [s[0] for s in shapes],
         "data": [d[0] for d in data],
-        "constant_arrays": n_const,
+        "constants": len(sig.constants),
         "data_shapes_in_key": unresolved,
+        "skeleton": base + (sig.skeleton,),
+        "signature": sig,
     }
     return key, desc
 
@@ -352,6 +511,8 @@ class LazyInferenceData:
     """
 
     __slots__ = ("_build", "_idata")
+    #: FitResult.fit builds it on first read (see fitters.base)
+    lazy_fit = True
 
     def __init__(self, build: Callable[[], Any]):
         self._build = build
@@ -492,17 +653,67 @@ def _read_raw_trace(raw, compiled, var_names: list[str], n_draws: int) -> _RawFi
 
 #: data keys remembered per process by the data= path (least recently added out).
 _MAX_DATA_KEYS = 4096
+#: data= path: tasks of each cell (per process) that build the model to check the data key.
+_CHECKS_PER_CELL = 2
+#: default path: tasks per cell measured, and the share of their time spent building the
+#: model from which the fitter suggests ``data=`` (once per cell and process).
+_REBUILD_TASKS = 3
+_REBUILD_SHARE = 0.10
+
+
+def data_line(model, data: SimData | None = None) -> str:
+    """The ``data=`` argument that gives ``model``'s ``pm.Data`` values directly, as source text.
+
+    A value equal to a column of ``data`` is written ``data.column(...)``; others are left
+    as ``...`` for the user to fill in.
+
+    >>> data_line(model, sim_data)  # doctest: +SKIP
+    'lambda data, fit_spec: {"x": data.column("x"), "y_obs": data.column("y")}'
+    """
+    items = []
+    for d in model.data_vars:
+        value = d.get_value(borrow=True)
+        source = "..."
+        for split, table in (("train", getattr(data, "train", None)), ("test", getattr(data, "test", None))):
+            if table is None:
+                continue
+            try:
+                names = list(table.columns) if hasattr(table, "columns") else list(table)
+            except TypeError:
+                continue
+            for name in names:
+                col = np.asarray(table[name])
+                if col.shape == value.shape and np.array_equal(col, value):
+                    source = f"data.column({str(name)!r})" if split == "train" else \
+                        f"data.column({str(name)!r}, 'test')"
+                    break
+            if source != "...":
+                break
+        items.append(f"{d.name!r}: {source}")
+    return "lambda data, fit_spec: {" + ", ".join(items) + "}"
 
 
 class _DataEntry:
     """What the data= path remembers per data key."""
 
-    __slots__ = ("key", "var_names", "sampled")
+    __slots__ = ("key", "var_names", "sampled", "values_dependent")
 
     def __init__(self, key: tuple, var_names: list[str]):
         self.key = key  # structure key of the compiled model in PyMCFitter._cache
         self.var_names = var_names
         self.sampled = False  # a fit with this data key has sampled
+        self.values_dependent = False  # the graph changed with the data values: build every task
+
+
+def _cell_of(ctx: TaskContext | None) -> tuple | None:
+    return None if ctx is None else (ctx.data_idx, ctx.fit_idx)
+
+
+def _cell_name(ctx: TaskContext | None) -> str:
+    if ctx is None:
+        return "a fit"
+    cell = ctx.task_id.rsplit("_", 1)[0] if ctx.task_id.count("_") >= 2 else ctx.task_id
+    return f"cell {cell} (task {ctx.task_id})"
 
 
 def _with_data(compiled, values: Mapping[str, Any]):
@@ -532,8 +743,9 @@ class PyMCFitter:
     data: optional ``(data: SimData, fit_spec: dict) -> {pm.Data name: array}``: the
         ``pm.Data`` values of a dataset, so that nutpie fits build the model only once per
         data key (see the module docstring for the contract).
-    lazy_idata: nutpie fits read their draws from nutpie's raw trace and build
-        ``FitResult.fit`` (a :class:`LazyInferenceData`) only when it is used.
+    lazy_idata: (default True) nutpie fits read their draws from nutpie's raw trace and
+        build the InferenceData of ``FitResult.fit`` only when it is read; False builds it
+        with every fit.
 
     Attributes: ``n_compiles`` (nutpie compiles in this process), ``n_builds``
     (``build_model`` calls), ``compile_log`` (one dict per compile: seconds and the
@@ -558,7 +770,7 @@ class PyMCFitter:
         ess_per_chain: float = 100.0,
         max_cached_models: int = 8,
         data: Callable[[SimData, dict], Mapping[str, Any]] | None = None,
-        lazy_idata: bool = False,
+        lazy_idata: bool = True,
     ) -> None:
         if not callable(build_model):
             raise TypeError("build_model must be callable: build_model(data, fit_spec) -> pm.Model")
@@ -593,11 +805,21 @@ class PyMCFitter:
         self.n_compiles = 0
         self.n_builds = 0
         self.compile_log: list[dict] = []
-        self._warned_constants = False
+        # skeleton (structure without constant values) -> signature of its latest compile
+        self._skeletons: OrderedDict = OrderedDict()
+        # (what, cell) said once per process: "constants" and "rebuild" notices
+        self._said: set = set()
+        # data= path: (data key, cell) -> tasks checked against a fresh build
+        self._cell_checks: OrderedDict = OrderedDict()
+        # default path, per cell: [tasks, seconds building, seconds in the fit]
+        self._rebuild_stats: dict = {}
+
+    _CACHES = ("_cache", "_data_index", "n_compiles", "n_builds", "compile_log", "_skeletons", "_said",
+               "_cell_checks", "_rebuild_stats")
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for k in ("_cache", "_data_index", "n_compiles", "n_builds", "compile_log", "_warned_constants"):
+        for k in self._CACHES:
             state.pop(k, None)
         return state
 
@@ -664,14 +886,16 @@ class PyMCFitter:
         try:
             with cap:
                 if st["sampler"] == "nutpie" and self.data is not None:
-                    idata, var_names = self._fit_nutpie_data(pm, nutpie, data, fit_spec, st, seed, timing)
+                    idata, var_names = self._fit_nutpie_data(pm, nutpie, data, fit_spec, st, seed, timing,
+                                                             task_ctx)
                 else:
                     t0 = time.perf_counter()
                     model = self._build(pm, data, fit_spec)
                     var_names = self._var_names(model)
                     timing["build"] = time.perf_counter() - t0
                     if st["sampler"] == "nutpie":
-                        idata = self._sample_nutpie(nutpie, model, fit_spec, var_names, st, seed, timing)
+                        idata = self._sample_nutpie(nutpie, model, fit_spec, var_names, st, seed, timing, task_ctx)
+                        self._note_rebuild(model, data, timing, time.perf_counter() - t0, task_ctx)
                     else:
                         idata = self._sample_pymc(pm, model, var_names, st, seed, timing)
         except BaseException as exc:
@@ -724,28 +948,22 @@ class PyMCFitter:
             raise TypeError(f"build_model must return a pm.Model, got {type(model).__name__}")
         return model
 
-    def _compiled_for(self, nutpie, model, fit_spec, var_names, timing):
+    def _compiled_for(self, nutpie, model, fit_spec, var_names, timing, ctx=None):
         key, desc = _structure(model, fit_spec, var_names)
-        return self._get_or_compile(nutpie, key, desc, model, var_names, timing)
+        return self._get_or_compile(nutpie, key, desc, model, var_names, timing, ctx)
 
-    def _get_or_compile(self, nutpie, key, desc, model, var_names, timing):
+    def _get_or_compile(self, nutpie, key, desc, model, var_names, timing, ctx=None):
         compiled = self._cache.get(key)
         if compiled is not None:
             self._cache.move_to_end(key)
             return compiled
-        if desc["constant_arrays"] and self.n_compiles and not self._warned_constants:
-            self._warned_constants = True
-            _log.warning(
-                "PyMCFitter: the model holds %d non-scalar constant(s); if they are data, "
-                "every dataset recompiles - wrap per-dataset values in pm.Data",
-                desc["constant_arrays"],
-            )
+        self._note_constants(desc, ctx)
         t0 = time.perf_counter()
         compiled = nutpie.compile_pymc_model(model, var_names=var_names)
         seconds = time.perf_counter() - t0
         timing["compile"] += seconds
         self.n_compiles += 1
-        self.compile_log.append({"seconds": seconds, **desc})
+        self.compile_log.append({"seconds": seconds, **{k: v for k, v in desc.items() if k != "signature"}})
         _log.info(
             "PyMCFitter: compiled nutpie model #%d in %.1f s (free %s, data %s, fit_spec %s)",
             self.n_compiles, seconds, desc["free"], desc["data"], desc["fit_spec"],
@@ -754,6 +972,78 @@ class PyMCFitter:
         while len(self._cache) > self.max_cached_models:
             self._cache.popitem(last=False)
         return compiled
+
+    def _check_due(self, dkey: tuple, ctx: TaskContext | None, count: bool = False) -> bool:
+        """data= path: whether this task is among the first two of its cell here (``count``: record it)."""
+        k = (dkey, _cell_of(ctx))
+        n = self._cell_checks.get(k, 0)
+        if count:
+            self._cell_checks[k] = n + 1
+            while len(self._cell_checks) > _MAX_DATA_KEYS:
+                self._cell_checks.popitem(last=False)
+        return n < _CHECKS_PER_CELL
+
+    def _say(self, what: str, ctx: TaskContext | None, msg: str, *args: Any) -> bool:
+        """Log a warning once per (what, cell) in this process; True if it was logged now."""
+        k = (what, _cell_of(ctx))
+        if k in self._said:
+            return False
+        self._said.add(k)
+        _log.warning(msg, *args)
+        return True
+
+    def _note_rebuild(self, model, data: SimData, timing: dict, seconds: float, ctx: TaskContext | None) -> None:
+        """Default path: say once per cell when rebuilding the model is a noticeable share of a task.
+
+        Counted over tasks that compiled nothing; said after :data:`_REBUILD_TASKS` of them
+        when building took at least :data:`_REBUILD_SHARE` of their time, with the ``data=``
+        line that would skip it, written for this model's ``pm.Data`` names.
+        """
+        cell = _cell_of(ctx)
+        if timing["compile"] > 0 or ("rebuild", cell) in self._said or ("constants", cell) in self._said:
+            return
+        stats = self._rebuild_stats.setdefault(cell, [0, 0.0, 0.0])
+        stats[0] += 1
+        stats[1] += timing["build"]
+        stats[2] += seconds
+        if stats[0] < _REBUILD_TASKS:
+            return
+        del self._rebuild_stats[cell]
+        share = stats[1] / stats[2] if stats[2] > 0 else 0.0
+        if share < _REBUILD_SHARE:
+            self._said.add(("rebuild", cell))  # measured: cheap enough, not said
+            return
+        self._say(
+            "rebuild", ctx,
+            "PyMCFitter: %s: building the model for every task takes %.0f%% of a fit here (%.1f ms of %.1f ms). "
+            "The compiled model only needs the new pm.Data values; give them directly and build_model runs "
+            "only for a new structure: PyMCFitter(build_model, data=%s, ...)",
+            _cell_name(ctx), 100 * share, 1e3 * stats[1] / stats[0], 1e3 * stats[2] / stats[0],
+            data_line(model, data),
+        )
+
+    def _note_constants(self, desc: dict, ctx: TaskContext | None) -> None:
+        """Before a compile: if only constants differ from a model compiled before, say which."""
+        sig = desc["signature"]
+        skeleton = desc["skeleton"]
+        before = self._skeletons.get(skeleton)
+        self._skeletons[skeleton] = sig
+        self._skeletons.move_to_end(skeleton)
+        while len(self._skeletons) > _MAX_DATA_KEYS:
+            self._skeletons.popitem(last=False)
+        if before is None or before.digest == sig.digest:
+            return
+        changed = sig.differing(before)
+        shown = "; ".join(changed[:5]) + (f"; ... {len(changed) - 5} more" if len(changed) > 5 else "")
+        self._say(
+            "constants", ctx,
+            "PyMCFitter: %s: the model differs from one compiled before in this process only in the "
+            "value of %d constant(s) [%s], so it is compiled again (said once per cell; every such task "
+            "pays a compile). If a value comes from the data, make it pm.Data "
+            "(e.g. scale = pm.Data(\"scale\", 2.5 * np.std(y)) instead of a number) so that one compiled "
+            "model serves every task.",
+            _cell_name(ctx), len(changed), shown,
+        )
 
     def _nutpie_sample(self, nutpie, compiled, st, seed, var_names, timing):
         """nutpie.sample (timed as ``sampling``); with lazy_idata a _RawFit."""
@@ -779,8 +1069,8 @@ class PyMCFitter:
             timing["extract"] = time.perf_counter() - t0
         return result
 
-    def _sample_nutpie(self, nutpie, model, fit_spec, var_names, st, seed, timing):
-        compiled = self._compiled_for(nutpie, model, fit_spec, var_names, timing)
+    def _sample_nutpie(self, nutpie, model, fit_spec, var_names, st, seed, timing, ctx=None):
+        compiled = self._compiled_for(nutpie, model, fit_spec, var_names, timing, ctx)
         t0 = time.perf_counter()
         values = {d.name: d.get_value(borrow=True) for d in model.data_vars}
         compiled = _with_data(compiled, values)
@@ -825,8 +1115,14 @@ class PyMCFitter:
                 )
         return model, var_names
 
-    def _fit_nutpie_data(self, pm, nutpie, data, fit_spec, st, seed, timing):
-        """nutpie fit with ``data=``: build/compile once per data key, else only with_data."""
+    def _fit_nutpie_data(self, pm, nutpie, data, fit_spec, st, seed, timing, ctx=None):
+        """nutpie fit with ``data=``: build/compile once per data key, else only with_data.
+
+        The first two tasks of every cell (per process) build the model anyway and check that
+        its graph is the one compiled for the data key: a graph that follows the data values
+        (a prior scale computed from the data, a group count) is then built for every task
+        of that data key, as without ``data=``.
+        """
         t0 = time.perf_counter()
         values = self._data_values(data, fit_spec)
         shapes = tuple(sorted((k, v.dtype.str, v.shape) for k, v in values.items()))
@@ -834,15 +1130,28 @@ class PyMCFitter:
         entry = self._data_index.get(dkey)
         compiled = None if entry is None else self._cache.get(entry.key)
         model = None
-        if compiled is None:
-            # first task of this data key (or its model was evicted): build and check once
+        if compiled is None or entry.values_dependent or self._check_due(dkey, ctx):
             model, var_names = self._build_checked(pm, data, fit_spec, values)
             key, desc = _structure(model, fit_spec, var_names)
-            compiled = self._get_or_compile(nutpie, key, desc, model, var_names, timing)
-            entry = _DataEntry(key, var_names)
-            self._data_index[dkey] = entry
-            while len(self._data_index) > _MAX_DATA_KEYS:
-                self._data_index.popitem(last=False)
+            if compiled is not None and key != entry.key and not entry.values_dependent:
+                entry.values_dependent = True
+                if desc["skeleton"] not in self._skeletons:
+                    self._say("data-structure", ctx,
+                              "PyMCFitter: %s: data= was given, but the model that build_model returns for this "
+                              "task has another structure than the one built for an earlier task with the same "
+                              "data shapes (its structure follows the data values, e.g. a count of groups); the "
+                              "model is now built for every task with these shapes. Return such counts as pm.Data "
+                              "shapes (see the PyMCFitter docs).", _cell_name(ctx))
+            self._check_due(dkey, ctx, count=True)
+            compiled = self._get_or_compile(nutpie, key, desc, model, var_names, timing, ctx)
+            if entry is None or entry.key not in self._cache or entry.values_dependent:
+                dependent = entry is not None and entry.values_dependent
+                entry = _DataEntry(key, var_names)
+                entry.values_dependent = dependent
+                self._data_index[dkey] = entry
+                self._data_index.move_to_end(dkey)
+                while len(self._data_index) > _MAX_DATA_KEYS:
+                    self._data_index.popitem(last=False)
         else:
             self._cache.move_to_end(entry.key)
         run = _with_data(compiled, values)
@@ -870,7 +1179,7 @@ class PyMCFitter:
             key, desc = _structure(model, fit_spec, entry.var_names)
             key = key + (("data_shapes", shapes),)
             desc = {**desc, "data_shapes_in_key": True, "after_failure": f"{type(exc).__name__}"}
-            compiled = self._get_or_compile(nutpie, key, desc, model, entry.var_names, timing)
+            compiled = self._get_or_compile(nutpie, key, desc, model, entry.var_names, timing, ctx)
             entry = _DataEntry(key, entry.var_names)
             self._data_index[dkey] = entry
             run = _with_data(compiled, values)
