@@ -747,7 +747,13 @@ class PyMCFitter:
         build the InferenceData of ``FitResult.fit`` only when it is read; False builds it
         with every fit.
 
-    Attributes: ``n_compiles`` (nutpie compiles in this process), ``n_builds``
+    model_cache: where compiled nutpie models are kept on disk for other processes (see
+        :mod:`bayesim_hpc.fitters.nutpie_cache`): None (default) ``<PyTensor
+        base_compiledir>/bayesim-nutpie-models`` - the study's compile dir when one is set -,
+        a directory, or False for none.
+
+    Attributes: ``n_compiles`` (nutpie models compiled or loaded from disk in this
+    process), ``n_loaded`` (of them loaded from disk), ``n_builds``
     (``build_model`` calls), ``compile_log`` (one dict per compile: seconds and the
     structure description).
     """
@@ -771,6 +777,7 @@ class PyMCFitter:
         max_cached_models: int = 8,
         data: Callable[[SimData, dict], Mapping[str, Any]] | None = None,
         lazy_idata: bool = True,
+        model_cache: str | os.PathLike | bool | None = None,
     ) -> None:
         if not callable(build_model):
             raise TypeError("build_model must be callable: build_model(data, fit_spec) -> pm.Model")
@@ -794,6 +801,9 @@ class PyMCFitter:
         self.max_cached_models = int(max_cached_models)
         self.data = data
         self.lazy_idata = bool(lazy_idata)
+        if model_cache is True:
+            model_cache = None
+        self.model_cache = model_cache if model_cache in (None, False) else os.path.abspath(os.fspath(model_cache))
         self._reset_cache()
 
     # -- pickling: caches are per process ---------------------------------------------
@@ -803,6 +813,8 @@ class PyMCFitter:
         # data= path: data key -> _DataEntry (structure key, var_names, sampled before)
         self._data_index: OrderedDict = OrderedDict()
         self.n_compiles = 0
+        self.n_loaded = 0
+        self._disk = None
         self.n_builds = 0
         self.compile_log: list[dict] = []
         # skeleton (structure without constant values) -> signature of its latest compile
@@ -814,7 +826,7 @@ class PyMCFitter:
         # default path, per cell: [tasks, seconds building, seconds in the fit]
         self._rebuild_stats: dict = {}
 
-    _CACHES = ("_cache", "_data_index", "n_compiles", "n_builds", "compile_log", "_skeletons", "_said",
+    _CACHES = ("_cache", "_data_index", "n_compiles", "n_loaded", "_disk", "n_builds", "compile_log", "_skeletons", "_said",
                "_cell_checks", "_rebuild_stats")
 
     def __getstate__(self) -> dict:
@@ -959,14 +971,21 @@ class PyMCFitter:
             return compiled
         self._note_constants(desc, ctx)
         t0 = time.perf_counter()
-        compiled = nutpie.compile_pymc_model(model, var_names=var_names)
+        disk = self._disk_cache()
+        if disk is not None:
+            compiled, loaded = disk.get_or_compile(model, var_names, key)
+        else:
+            compiled, loaded = nutpie.compile_pymc_model(model, var_names=var_names), False
         seconds = time.perf_counter() - t0
         timing["compile"] += seconds
         self.n_compiles += 1
-        self.compile_log.append({"seconds": seconds, **{k: v for k, v in desc.items() if k != "signature"}})
+        self.n_loaded += int(loaded)
+        self.compile_log.append({"seconds": seconds, "loaded": loaded,
+                                 **{k: v for k, v in desc.items() if k != "signature"}})
         _log.info(
-            "PyMCFitter: compiled nutpie model #%d in %.1f s (free %s, data %s, fit_spec %s)",
-            self.n_compiles, seconds, desc["free"], desc["data"], desc["fit_spec"],
+            "PyMCFitter: %s nutpie model #%d in %.1f s (free %s, data %s, fit_spec %s)",
+            "loaded" if loaded else "compiled", self.n_compiles, seconds, desc["free"], desc["data"],
+            desc["fit_spec"],
         )
         self._cache[key] = compiled
         while len(self._cache) > self.max_cached_models:
@@ -1021,6 +1040,22 @@ class PyMCFitter:
             _cell_name(ctx), 100 * share, 1e3 * stats[1] / stats[0], 1e3 * stats[2] / stats[0],
             data_line(model, data),
         )
+
+    def _disk_cache(self):
+        """The on-disk model cache of this process (None when ``model_cache=False``)."""
+        setting = getattr(self, "model_cache", None)  # fitters pickled before the setting existed
+        if setting is False:
+            return None
+        if self._disk is None:
+            from .nutpie_cache import ModelDiskCache
+
+            directory = setting
+            if directory is None:
+                import pytensor
+
+                directory = os.path.join(str(pytensor.config.base_compiledir), "bayesim-nutpie-models")
+            self._disk = ModelDiskCache(directory)
+        return self._disk
 
     def _note_constants(self, desc: dict, ctx: TaskContext | None) -> None:
         """Before a compile: if only constants differ from a model compiled before, say which."""
