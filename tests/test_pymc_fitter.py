@@ -145,9 +145,9 @@ def test_diagnostic_warnings_text():
 def test_pickle_drops_caches():
     f = PyMCFitter(build_model, draws=10)
     f.n_compiles = 3
-    f._cache["k"] = object()
+    f._models.models["k"] = object()
     g = cloudpickle.loads(cloudpickle.dumps(f))
-    assert g.n_compiles == 0 and len(g._cache) == 0 and g.draws == 10
+    assert g.n_compiles == 0 and len(g._models) == 0 and g.draws == 10
     assert g.build_model is build_model
     h = pickle.loads(pickle.dumps(f))
     assert h.n_compiles == 0 and h.draws == 10
@@ -484,7 +484,7 @@ def test_lazy_idata_same_numbers_and_builds_on_use(fitter, data_a):
 def test_lazy_idata_unexpected_trace_falls_back_to_inference_data(fitter, data_a, monkeypatch):
     import arviz as az
 
-    import bayesim_hpc.fitters.pymc as fp
+    import bayesim_hpc.fitters.pymc.raw_trace as fp
 
     fitter.lazy_idata = False
     try:
@@ -512,7 +512,7 @@ def test_data_line_names_the_columns_of_the_pm_data():
 
 @pytest.mark.slow
 def test_rebuild_share_said_once_per_cell_with_the_data_line(fitter, data_a, caplog, monkeypatch):
-    import bayesim_hpc.fitters.pymc as fp
+    import bayesim_hpc.fitters.pymc.fitter as fp
     from bayesim_hpc.data import TaskContext
 
     fitter.fit(data_a, SPEC, seed=60, task_ctx=None)  # compiled: later fits only rebuild
@@ -534,3 +534,12 @@ def test_rebuild_share_said_once_per_cell_with_the_data_line(fitter, data_a, cap
         for rep in range(1, 5):
             fitter.fit(data_a, SPEC, seed=70 + rep, task_ctx=ctx(8, rep))
     assert not [r for r in caplog.records if "building the model" in r.getMessage()]
+
+
+def test_names_in_pickles_of_the_single_module_era_stay_importable():
+    """study.pkl and retained fit artifacts written before fitters/pymc became a package name these."""
+    import bayesim_hpc.fitters.pymc as old
+
+    for name in ("PyMCFitter", "_restore_fitter", "_apply_compile_dir", "_materialized", "LazyInferenceData",
+                 "configure_compile_dir", "SAMPLER_KEYS"):
+        assert hasattr(old, name), name

@@ -23,7 +23,8 @@ from click.testing import CliRunner  # noqa: E402
 from bayesim_hpc import run_simulation  # noqa: E402
 from bayesim_hpc.cli import main  # noqa: E402
 from bayesim_hpc.data import TaskContext  # noqa: E402
-from bayesim_hpc.fitters.pymc import PyMCFitter, _structure, graph_signature  # noqa: E402
+from bayesim_hpc.fitters.pymc import PyMCFitter, graph_signature  # noqa: E402
+from bayesim_hpc.fitters.pymc.graph_key import structure as _structure  # noqa: E402
 
 from .studies import scaled_prior  # noqa: E402
 

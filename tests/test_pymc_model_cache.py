@@ -1,6 +1,6 @@
 """Compiled nutpie models cached on disk (issue 17 item 2).
 
-The cache uses nutpie and numba internals (bayesim_hpc/fitters/nutpie_cache.py). These tests
+The cache uses nutpie and numba internals (bayesim_hpc/fitters/pymc/nutpie_cache.py). These tests
 fail loudly when an upgrade breaks them: the names it needs, and a round trip through a
 fresh process that must give the same draws bit for bit.
 """
@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("pymc")
 pytest.importorskip("nutpie")
 
-from bayesim_hpc.fitters.nutpie_cache import check_internals, environment_key  # noqa: E402
+from bayesim_hpc.fitters.pymc.nutpie_cache import check_internals, environment_key  # noqa: E402
 from bayesim_hpc.fitters.pymc import PyMCFitter  # noqa: E402
 
 from .studies.scaled_prior import build_model, generate  # noqa: E402
@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_nutpie_and_numba_internals_are_there():
-    assert check_internals() == [], "nutpie/numba changed: update bayesim_hpc/fitters/nutpie_cache.py"
+    assert check_internals() == [], "nutpie/numba changed: update bayesim_hpc/fitters/pymc/nutpie_cache.py"
 
 
 def test_key_holds_versions_and_cpu():
@@ -72,7 +72,7 @@ def test_round_trip_through_a_fresh_process_same_draws(tmp_path, caplog):
     (path,) = cache.glob("model-*.pkl")
     path.write_bytes(b"not a pickle")
     g = PyMCFitter(build_model, draws=100, tune=100, chains=2, model_cache=cache)
-    with caplog.at_level(logging.WARNING, logger="bayesim_hpc.fitters.nutpie_cache"):
+    with caplog.at_level(logging.WARNING, logger="bayesim_hpc.fitters.pymc.nutpie_cache"):
         again = g.fit(data, {}, 11, None)
     assert g.n_loaded == 0 and np.array_equal(again.draws["slope"], here.draws["slope"])
     assert any("could not load the cached model" in r.getMessage() for r in caplog.records)
