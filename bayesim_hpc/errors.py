@@ -11,6 +11,8 @@ __all__ = [
     "StudyChangedError",
     "DriverLockedError",
     "ErrorBudgetExceeded",
+    "LockLostError",
+    "DriverStopped",
 ]
 
 
@@ -43,3 +45,11 @@ class DriverLockedError(BayesimError):
 
 class ErrorBudgetExceeded(BayesimError):
     """More tasks failed than ``max_errors`` allows."""
+
+
+class LockLostError(BayesimError):
+    """This driver's lock was taken over (it was paused past ``stale_after``); it stopped."""
+
+
+class DriverStopped(BayesimError):
+    """The driver was told to stop (SIGTERM, e.g. by ``bayesim-hpc cancel``) and did, cleanly."""
