@@ -67,6 +67,7 @@ __all__ = [
     "study_stamp",
     "SegmentRows",
     "shard_dir",
+    "ensure_shard_dir",
     "write_segment",
     "read_rows",
     "iter_segment_paths",
@@ -191,6 +192,18 @@ def shard_dir(result_dir: Path, shard_id: int) -> Path:
     return Path(result_dir) / "shards" / f"s{shard_id:05d}"
 
 
+def ensure_shard_dir(result_dir: Path, shard_id: int) -> Path:
+    """The shard's folder, created if needed with its entry in ``shards/`` made durable."""
+    d = shard_dir(result_dir, shard_id)
+    if not d.is_dir():
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _write_failed(exc, d.parent) from exc
+        fsync_path(d.parent)  # the new folder's entry is durable before files appear in it
+    return d
+
+
 def fsync_path(path: Path) -> None:
     """Flush a file's data, or a directory's entries (after a rename), to stable storage."""
     fd = os.open(path, os.O_RDONLY)
@@ -312,13 +325,7 @@ def write_segment(
     ``write``/``fsync``/``rename``, so a full disk raises :class:`StorageFullError` naming
     the directory and leaves no temp file (HDF5 never sees the I/O error).
     """
-    d = shard_dir(result_dir, shard_id)
-    if not d.is_dir():
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise _write_failed(exc, d.parent) from exc
-        fsync_path(d.parent)  # the new folder's entry is durable before files appear in it
+    d = ensure_shard_dir(result_dir, shard_id)
     if stamp is None:
         try:
             stamp = study_stamp(json.loads((Path(result_dir) / "study.json").read_text()))

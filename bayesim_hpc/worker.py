@@ -36,7 +36,7 @@ from typing import Callable
 from .config import Study
 from .manifest import scan_progress
 from .resultdir import ResultDir
-from .storage import StorageFullError, atomic_write_text, shard_dir, study_stamp, write_segment
+from .storage import StorageFullError, atomic_write_text, ensure_shard_dir, shard_dir, study_stamp, write_segment
 from .task import TaskRecord, run_task
 
 __all__ = ["run_shard", "ShardOutcome", "EXIT_DONE", "EXIT_STOPPED", "EXIT_BUDGET", "EXIT_STORAGE",
@@ -210,7 +210,7 @@ def run_shard(
             out.stop_signal = signal.Signals(_EARLY_STOP[0]).name
             emit(f"[shard {shard_id}] received {signal.Signals(_EARLY_STOP[0]).name} while starting; stopping")
     try:
-        shard_dir(rd.path, shard_id).mkdir(parents=True, exist_ok=True)
+        ensure_shard_dir(rd.path, shard_id)
     except OSError as exc:
         todo = []
         out.storage_error = f"cannot create {shard_dir(rd.path, shard_id)}: {exc}"
