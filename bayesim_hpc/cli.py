@@ -175,9 +175,13 @@ def _print_plan(config: Any, executor: str, workers: int | None, shard_size: int
     from .executors.base import default_shard_size
     from .grid import plan_shards
 
+    from .runner import size_warnings
+
     ex = make_executor(executor, workers=workers)
     size = shard_size or config.shard_size or default_shard_size(config.n_tasks, ex.parallelism)
     shards = plan_shards(config.space, size)
+    for line in size_warnings(config):
+        click.echo(line, err=True)
     click.echo(f"dry run: {config.n_tasks} tasks ({len(config.data_grid)} data x {len(config.fit_grid)} fit configurations"
                f" x {config.n_replicates} replicates) in {len(shards)} shards of <= {size}, executor {executor} "
                f"({ex.parallelism} slot(s)); nothing was run.")

@@ -76,16 +76,23 @@ class Study:
         return min(self.chunk_size, self.checkpoint_every)
 
     @cached_property
-    def _specs(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        return ([_plain_row(self.data_grid, i) for i in range(len(self.data_grid))],
-                [_plain_row(self.fit_grid, i) for i in range(len(self.fit_grid))])
+    def _spec_cache(self) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
+        # rows are converted on first use: a worker needs a few, not all (a 10^6-row grid
+        # took a minute to convert whole)
+        return {}, {}
 
     def data_spec(self, d: int) -> dict[str, Any]:
         """Row ``d`` of the data grid as a plain dict (a copy: generators may change it)."""
-        return dict(self._specs[0][d])
+        cache = self._spec_cache[0]
+        if d not in cache:
+            cache[d] = _plain_row(self.data_grid, d)
+        return dict(cache[d])
 
     def fit_spec(self, f: int) -> dict[str, Any]:
-        return dict(self._specs[1][f])
+        cache = self._spec_cache[1]
+        if f not in cache:
+            cache[f] = _plain_row(self.fit_grid, f)
+        return dict(cache[f])
 
     def metric_kinds(self) -> dict[str, str]:
         return {m.name: getattr(m, "kind", "mean") for m in self.metrics}

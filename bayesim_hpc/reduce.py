@@ -240,7 +240,7 @@ def _cells_array(raw: dict[str, Any]) -> np.ndarray:
         tg = raw["task_grid"]
         cells = np.column_stack([np.asarray(tg["data_idx"]) - 1, np.asarray(tg["fit_idx"]) - 1])
         return cells[np.lexsort((cells[:, 1], cells[:, 0]))]
-    return np.array([(d, f) for d in range(nd) for f in range(nf)], dtype=np.int64).reshape(-1, 2)
+    return np.stack(np.meshgrid(np.arange(nd), np.arange(nf), indexing="ij"), axis=-1).reshape(-1, 2).astype(np.int64)
 
 
 def _write_grid_columns(f: h5py.File, raw: dict[str, Any], grid_cells: np.ndarray, cells: np.ndarray,

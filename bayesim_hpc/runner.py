@@ -128,6 +128,25 @@ def live_work(rd: ResultDir) -> list[str]:
     return out
 
 
+#: sizes beyond which a study is probably a mistake (a grid expanded by accident)
+MAX_SENSIBLE_CELLS = 100_000
+MAX_SENSIBLE_TASKS = 20_000_000
+
+
+def size_warnings(study: Study) -> list[str]:
+    """Warnings for absurdly large studies (every cell is listed in study.json and status)."""
+    n_cells = len(study.space.cells)
+    out = []
+    if n_cells > MAX_SENSIBLE_CELLS:
+        out.append(f"warning: {n_cells:,} cells ({len(study.data_grid):,} data x {len(study.fit_grid):,} fit "
+                   f"configurations): study.json stores both grids and status lists every cell. Did a dict of "
+                   f"lists expand into all combinations by accident? Pass a DataFrame of the rows you mean.")
+    if study.n_tasks > MAX_SENSIBLE_TASKS:
+        out.append(f"warning: {study.n_tasks:,} tasks; the reducer keeps ~40 bytes per task in memory and the "
+                   "summary holds one row per task. Consider fewer replicates per cell.")
+    return out
+
+
 def prepare_result_dir(study: Study, rd: ResultDir, resume: str, force: bool, shard_size: int,
                        emit: Callable[[str], None] | None = None) -> bool:
     """Freeze a new study or check an existing one. Returns True if the directory was new."""
@@ -223,6 +242,8 @@ def run_simulation(
     for name, value in executor_options.items():
         check_text_option(name, value)
     ex = make_executor(executor, workers=workers, max_attempts=max_attempts, **executor_options)
+    for line in size_warnings(config):
+        emit(line)
     rd.path.mkdir(parents=True, exist_ok=True)
     check_trusted(rd.path)  # workers will unpickle study.pkl from here
     lock = DirLock(rd.driver_lock, purpose="driver", stale_after=lock_stale_after, wait_foreign=True, notify=emit)

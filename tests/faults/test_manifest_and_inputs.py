@@ -160,3 +160,14 @@ def test_dead_driver_is_not_shown_as_running(rdir):
     st = study_status(rdir)
     assert st.driver is None and "stale lock" in st.render()
     assert resume_simulation(rdir, "inline", **QUIET).reduce_outcome.n_missing == 0  # and the lock is broken
+
+
+def test_huge_grid_dry_run_is_lazy_and_warns(tmp_path):
+    """400 x 400 data rows (160,000 cells): specs are converted only where used, with a warning."""
+    from bayesim_hpc.runner import size_warnings
+
+    cfg = make_config(data_grid={"n": list(range(10, 410)), "sigma": [0.5 + i for i in range(400)]}, n_replicates=1)
+    assert cfg.data_spec(123) == {"n": 10, "sigma": 123.5}
+    assert len(cfg._spec_cache[0]) == 1  # not all 160,000 rows
+    (w,) = size_warnings(cfg)
+    assert "160,000 cells" in w and "DataFrame" in w
