@@ -18,7 +18,7 @@ def nasty_generator(spec, rng, ctx):
     data = generate(spec, rng, ctx)
     import warnings
 
-    warnings.warn(f"odd column name x\x00\udcff in {ctx.task_id}")
+    warnings.warn(f"odd column name x\x00\udcff in {ctx.task_id}", stacklevel=2)
     return SimData(train=data.train, response=data.response, true_params=data.true_params)
 
 
