@@ -26,7 +26,7 @@ import numpy as np
 from .locking import DirLock
 from .resultdir import ResultDir
 from .storage import (CorruptSegment, ForeignSegment, SegmentReadError, atomic_write_text, iter_segment_paths,
-                      study_stamp)
+                      stamp_of_dir)
 
 __all__ = ["Manifest", "set_shard", "Progress", "scan_progress", "DONE_STATES"]
 
@@ -148,7 +148,7 @@ def scan_progress(rd: ResultDir, n_tasks: int, shard_id: int | None = None,
     from .reduce import read_segment_rows
 
     if stamp is None:
-        stamp = study_stamp(rd.read_frozen().raw) if rd.exists() else ("", "")
+        stamp = stamp_of_dir(rd.path)
     state = np.zeros(n_tasks, dtype=np.uint8)
     prog = Progress(state)
     for path in iter_segment_paths(rd.path, shard_id):

@@ -32,7 +32,7 @@ from .aggregate import cell_measures
 from .errors import BayesimError
 from .resultdir import ResultDir
 from .storage import (STR_COLS, CorruptSegment, ForeignSegment, SegmentReadError, StorageFullError, _write_failed,
-                      fsync_path, iter_segment_paths, read_rows, study_stamp, temp_name)
+                      fsync_path, iter_segment_paths, read_rows, stamp_of_dir, study_stamp, temp_name)
 
 __all__ = ["reduce_results", "ReduceOutcome", "read_summary", "summary_is_current", "select_winners", "Winners"]
 
@@ -110,7 +110,7 @@ def select_winners(rd: ResultDir, n_tasks: int, columns: Iterable[str] | None = 
     a segment of a newer format raises :class:`~bayesim_hpc.storage.NewerFormatError`.
     """
     if stamp is None:
-        stamp = study_stamp(rd.read_frozen().raw)
+        stamp = stamp_of_dir(rd.path)
     tracked = {c: np.full(n_tasks, np.nan) for c in track}
     score = np.full(n_tasks, -1, dtype=np.int64)
     seg_of = np.full(n_tasks, -1, dtype=np.int32)

@@ -65,6 +65,7 @@ __all__ = [
     "temp_name",
     "temp_writer",
     "study_stamp",
+    "stamp_of_dir",
     "SegmentRows",
     "shard_dir",
     "ensure_shard_dir",
@@ -154,6 +155,26 @@ def temp_writer(path: Path) -> tuple[int, str] | None:
     """(pid, host) of the writer named in a temp file's name, or None for an old-style name."""
     m = _TEMP_RE.search(Path(path).name)
     return (int(m.group(1)), m.group(2)) if m else None
+
+
+_STAMPS: dict[tuple, tuple[str, str]] = {}
+
+
+def stamp_of_dir(result_dir: Path) -> tuple[str, str]:
+    """:func:`study_stamp` of a result directory's study.json, cached while the file is unchanged
+    (study.json can be large; workers and executors ask once per shard)."""
+    p = Path(result_dir) / "study.json"
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        return ("", "")
+    key = (str(p), st.st_ino, st.st_mtime_ns, st.st_size)
+    if key not in _STAMPS:
+        try:
+            _STAMPS[key] = study_stamp(json.loads(p.read_text()))
+        except json.JSONDecodeError:
+            return ("", "")
+    return _STAMPS[key]
 
 
 def study_stamp(raw: dict[str, Any]) -> tuple[str, str]:
@@ -327,10 +348,7 @@ def write_segment(
     """
     d = ensure_shard_dir(result_dir, shard_id)
     if stamp is None:
-        try:
-            stamp = study_stamp(json.loads((Path(result_dir) / "study.json").read_text()))
-        except (FileNotFoundError, json.JSONDecodeError):
-            stamp = ("", "")
+        stamp = stamp_of_dir(result_dir)
     final = d / f"a{attempt:03d}-{seq:05d}-{secrets.token_hex(4)}.h5"
     tmp = temp_name(final)
     index = np.array([r.index for r in records], dtype=np.int64)
