@@ -86,7 +86,8 @@ class Manifest:
         """Read, apply ``fn`` (which mutates the dict), write back atomically, under the lock."""
         if self.guard is not None:
             self.guard.check()
-        lock = DirLock(self.rd.manifest_lock, purpose="manifest", heartbeat=False, stale_after=60)
+        # held for milliseconds: a holder on another host that does not let go for 20 s is gone
+        lock = DirLock(self.rd.manifest_lock, purpose="manifest", heartbeat=False, stale_after=20)
         lock.acquire(timeout=self.lock_timeout)
         try:
             data = self.read()

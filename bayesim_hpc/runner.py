@@ -93,10 +93,26 @@ class _DriverSignals:
             signal.signal(signal.SIGTERM, self._old)
 
 
-def live_work(rd: ResultDir) -> list[str]:
-    """Workers or jobs of this result directory that may still write into it (descriptions)."""
+def _works_on(pid: int, rd: ResultDir) -> bool:
+    """Whether process ``pid`` (of this host) is a bayesim-hpc worker of this result directory."""
     import psutil
 
+    try:
+        proc = psutil.Process(pid)
+        cmd, cwd = proc.cmdline(), proc.cwd()
+    except (psutil.Error, ValueError, OSError):
+        return False
+    if any("submitit" in c for c in cmd):  # a Slurm element on this node: its shard folder says whose it is
+        return True
+    if "bayesim_hpc.worker" not in cmd:
+        return False
+    target = rd.path.resolve()
+    return any(Path(cwd, a).resolve() == target for a in cmd[cmd.index("bayesim_hpc.worker") + 1:] if a
+               and not a.startswith("-"))
+
+
+def live_work(rd: ResultDir) -> list[str]:
+    """Workers or jobs of this result directory that may still write into it (descriptions)."""
     out: list[str] = []
     me = socket.gethostname()
     if rd.shards_dir.is_dir():
@@ -107,11 +123,7 @@ def live_work(rd: ResultDir) -> list[str]:
                 continue
             pid, host = int(pr.get("pid", 0) or 0), pr.get("host")
             if host == me:
-                try:
-                    cmd = " ".join(psutil.Process(pid).cmdline())
-                except (psutil.Error, ValueError):
-                    continue
-                if "bayesim_hpc.worker" in cmd or "submitit" in cmd:
+                if _works_on(pid, rd):
                     out.append(f"worker pid {pid} ({pf.parent.name})")
             elif host and time.time() - float(pr.get("time", 0)) < 600:
                 out.append(f"worker pid {pid} on host {host} ({pf.parent.name}, active in the last 10 minutes)")

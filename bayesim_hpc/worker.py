@@ -133,9 +133,12 @@ class _StudyWatch:
         if sig == self.sig:
             return False
         try:
-            return self.rd.read_frozen().generation != self.generation
+            changed = self.rd.read_frozen().generation != self.generation
         except (FileNotFoundError, json.JSONDecodeError):
             return True
+        if not changed:
+            self.sig = sig  # rewritten, same study: no need to read it again
+        return changed
 
 
 def run_shard(
