@@ -8,9 +8,12 @@
     bayesim-hpc report results/lin
 
 Exit codes: 0 done; 1 error; 2 usage error; 3 the study is not complete (tasks missing or
-failed); 4 stopped by the error budget (``max_errors``); 5 the result directory is in use
-by another driver; 6 the study changed since the result directory was made; 130 interrupted
-(Ctrl-C or SIGTERM: what finished is kept, ``resume`` finishes the rest).
+failed, or the driver was stopped by SIGTERM / ``cancel``); 4 stopped by the error budget
+(``max_errors``) or early on a systematic failure; 5 the result directory is in use by another
+driver (or this driver lost its lock to another); 6 the study changed since the result
+directory was made; 7 the result directory belongs to another user and is not trusted
+(``bayesim-hpc trust DIR``); 130 interrupted by Ctrl-C (what finished is kept, ``resume``
+finishes the rest). Each error class carries its code as ``exit_code``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from typing import Any, Callable
 
 import click
 
-EXIT_OK, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_BUDGET, EXIT_LOCKED, EXIT_CHANGED, EXIT_INTERRUPTED = 0, 1, 3, 4, 5, 6, 130
+EXIT_OK, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_BUDGET, EXIT_LOCKED, EXIT_CHANGED, EXIT_UNTRUSTED = 0, 1, 3, 4, 5, 6, 7
+EXIT_INTERRUPTED = 130
 
 
 def _fail(msg: str, code: int) -> None:
@@ -68,11 +72,27 @@ def load_study_file(path: str) -> Any:
     if not p.is_file():
         raise FileNotFoundError(f"no study file {path}")
     sys.path.insert(0, str(p.resolve().parent))
-    ns = runpy.run_path(str(p), run_name="bayesim_study")
+    try:
+        ns = runpy.run_path(str(p), run_name="bayesim_study")
+    except Exception as exc:
+        from .errors import BayesimError
+
+        where = f"{exc.filename}:{exc.lineno}" if isinstance(exc, SyntaxError) else _study_line(exc, p)
+        if isinstance(exc, BayesimError):
+            raise BayesimError(f"{exc} (in {where})") from exc
+        raise BayesimError(f"the study file failed at {where}: {type(exc).__name__}: {exc}") from exc
     config = ns.get("config")
     if not isinstance(config, Study):
         raise click.UsageError(f"{path} must define `config = simulation_config(...)` at top level")
     return dataclasses.replace(config, study_file=str(p.resolve()))
+
+
+def _study_line(exc: BaseException, path: Path) -> str:
+    """``file:line`` of the deepest frame of ``exc`` in the study file (else its last frame)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = [f for f in frames if Path(f.filename).resolve() == path.resolve()]
+    f = (mine or frames or [None])[-1]
+    return f"{f.filename}:{f.lineno}" if f is not None else str(path)
 
 
 def _executor_options(executor: str, profile, partition, time_, mem, dry_run, detach) -> dict[str, Any]:
@@ -186,9 +206,13 @@ def _print_plan(config: Any, executor: str, workers: int | None, shard_size: int
     from .executors.base import default_shard_size
     from .grid import plan_shards
 
+    from .runner import size_warnings
+
     ex = make_executor(executor, workers=workers)
     size = shard_size or config.shard_size or default_shard_size(config.n_tasks, ex.parallelism)
     shards = plan_shards(config.space, size)
+    for line in size_warnings(config):
+        click.echo(line, err=True)
     click.echo(f"dry run: {config.n_tasks} tasks ({len(config.data_grid)} data x {len(config.fit_grid)} fit configurations"
                f" x {config.n_replicates} replicates) in {len(shards)} shards of <= {size}, executor {executor} "
                f"({ex.parallelism} slot(s)); nothing was run.")
@@ -286,8 +310,15 @@ def cancel(result_dir) -> None:
         click.echo(f"cancelled {len(cancelled)} Slurm job(s): {' '.join(cancelled) or '-'}")
     holder = DirLock(rd.driver_lock).holder()
     if holder and holder.host == socket.gethostname():
-        os.kill(holder.pid, signal.SIGTERM)
-        click.echo(f"sent SIGTERM to the driver ({holder.describe()}); its workers flush and stop")
+        from .locking import _alive
+
+        if not _alive(holder.pid, holder.pid_started):  # the pid is gone or now another process
+            click.echo(f"the driver lock names {holder.describe()}, but that process is gone (pid {holder.pid} "
+                       "is free or belongs to another process now); nothing was signalled")
+        else:
+            os.kill(holder.pid, signal.SIGTERM)
+            click.echo(f"sent SIGTERM to the driver ({holder.describe()}); it stops its workers (they flush "
+                       "finished tasks), records the end and releases the lock")
     elif holder:
         click.echo(f"the driver runs on {holder.host} (pid {holder.pid}); stop it there")
     elif not runs or runs[-1].get("executor") != "slurm":
@@ -296,16 +327,42 @@ def cancel(result_dir) -> None:
 
 @main.command()
 @click.argument("result_dir", type=click.Path(file_okay=False))
+@click.option("--remove", is_flag=True, help="Stop trusting it.")
+@handle_errors
+def trust(result_dir, remove) -> None:
+    """Trust a result directory another user owns: run/resume/replay may then load its code.
+
+    Like git's safe.directory: a study.pkl runs code when loaded, so directories of other
+    users are refused until you trust them. The list is ~/.config/bayesim-hpc/safe-directories.
+    """
+    from .resultdir import trust_file
+
+    real = str(Path(result_dir).resolve())
+    f = trust_file()
+    lines = [ln.strip() for ln in f.read_text().splitlines() if ln.strip()] if f.exists() else []
+    lines = [ln for ln in lines if ln != real] + ([] if remove else [real])
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text("".join(ln + "\n" for ln in lines))
+    click.echo(f"{'no longer trusted' if remove else 'trusted'}: {real} ({f})")
+
+
+@main.command()
+@click.argument("result_dir", type=click.Path(file_okay=False))
 @click.option("--keep", "keep_n", type=int, default=3, show_default=True, help="Discarded result folders to keep.")
 @handle_errors
 def clean(result_dir, keep_n) -> None:
-    """Remove superseded or damaged segments and temp files (never the only copy of a result)."""
+    """Remove superseded segments and dead writers' temp files; quarantine damaged ones (never the only copy of a result)."""
     from .checkpoints import clean_old_checkpoints
 
     rep = clean_old_checkpoints(result_dir, keep_n=keep_n)
     for r in rep.removed:
         click.echo(f"removed {r}")
-    click.echo(f"{len(rep.removed)} item(s), {rep.bytes_freed / 1e6:.1f} MB freed")
+    for r, why in rep.quarantined:
+        click.echo(f"quarantined {r} -> quarantine/: {why}")
+    for r, why in rep.kept:
+        click.echo(f"kept {r}: {why}")
+    click.echo(f"{len(rep.removed)} item(s) removed, {len(rep.quarantined)} quarantined, "
+               f"{rep.bytes_freed / 1e6:.1f} MB freed")
 
 
 @main.command()

@@ -124,7 +124,11 @@ def _plain(v: Any) -> Any:
 
 def _plain_columns(df: pd.DataFrame) -> dict[str, list[Any]]:
     """Column-wise, never row-wise: ``df.iloc[i]`` of mixed int/float columns is one float Series."""
-    return {str(col): [_plain(v) for v in df[col].tolist()] for col in df.columns}
+    out = {}
+    for col in df.columns:
+        values = df[col].tolist()  # numeric and bool columns come back as Python int/float/bool
+        out[str(col)] = [_plain(v) for v in values] if df[col].dtype == object else values
+    return out
 
 
 # --- validation ------------------------------------------------------------------------

@@ -13,6 +13,8 @@ __all__ = [
     "ErrorBudgetExceeded",
     "SystematicFailureError",
     "Interrupted",
+    "LockLostError",
+    "DriverStopped",
 ]
 
 
@@ -63,6 +65,18 @@ class SystematicFailureError(ErrorBudgetExceeded):
 
 
 class Interrupted(BayesimError):
-    """The run was interrupted (Ctrl-C, SIGTERM); what finished is kept and ``resume`` finishes it."""
+    """The run was interrupted (Ctrl-C); what finished is kept and ``resume`` finishes it."""
 
     exit_code = 130  # 128 + SIGINT, what a shell reports for a command ended by Ctrl-C
+
+
+class LockLostError(BayesimError):
+    """This driver's lock was taken over (it was paused past ``stale_after``); it stopped."""
+
+    exit_code = 5
+
+
+class DriverStopped(BayesimError):
+    """The driver was told to stop (SIGTERM, e.g. by ``bayesim-hpc cancel``) and did, cleanly."""
+
+    exit_code = 3

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -70,14 +71,16 @@ def build_report(path: str | Path, out: str | Path | None = None) -> Path:
     figdir = out.parent / "report"
     figdir.mkdir(parents=True, exist_ok=True)
     cells, summary = res.cells, res.summary
-    raw = res.rd.read_frozen().raw
-    study = res.rd.load_study()
+    frozen = res.rd.read_frozen()
+    raw = frozen.raw
+    # metric names, kinds and settings come from study.json: a report never loads the study's code
+    metrics = [SimpleNamespace(**m) for m in frozen.metrics]
     plots: list[dict[str, Any]] = []
 
-    cov_cols = [c for c in cells.columns if c.split("__")[0] in [m.name for m in study.metrics if getattr(m, "kind", "") == "coverage"]
+    cov_cols = [c for c in cells.columns if c.split("__")[0] in [m.name for m in metrics if getattr(m, "kind", "") == "coverage"]
                 and "__by_param__" in c and not c.endswith("__mcse")]
     if cov_cols:
-        nominal = next((getattr(m, "prob", None) for m in study.metrics if getattr(m, "kind", "") == "coverage"), None)
+        nominal = next((getattr(m, "prob", None) for m in metrics if getattr(m, "kind", "") == "coverage"), None)
         n = _measure_plot(plt, cells, cov_cols, "Coverage by data configuration and model (+-2 MCSE)", nominal,
                           figdir / "coverage.png")
         plots.append({"file": "report/coverage.png", "title": "Coverage", "points": n})
@@ -104,7 +107,7 @@ def build_report(path: str | Path, out: str | Path | None = None) -> Path:
         fig.savefig(figdir / "diagnostics.png", dpi=90)
         plt.close(fig)
         plots.append({"file": "report/diagnostics.png", "title": "Diagnostics", "points": n})
-    rank_metrics = [m for m in study.metrics if getattr(m, "kind", "") == "rank"]
+    rank_metrics = [m for m in metrics if getattr(m, "kind", "") == "rank"]
     for m in rank_metrics:
         cols = [c for c in summary.columns if c.startswith(f"{m.name}__by_param__")]
         if not cols:

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import json
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from .locking import DirLock
+from .executors.base import format_duration
+from .locking import DirLock, _alive
 from .manifest import Manifest
 from .resultdir import ResultDir
 from .reduce import select_winners
-from .storage import read_rows, shard_dir
+from .storage import read_rows, shard_dir, study_stamp
 
 __all__ = ["StudyStatus", "study_status"]
 
@@ -45,6 +47,9 @@ class StudyStatus:
     rate_per_s: float | None
     failures: list[dict[str, str]] = field(default_factory=list)
     scheduler_note: str = ""
+    foreign: list[dict[str, str]] = field(default_factory=list)
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+    driver_note: str = ""  # e.g. a stale lock whose process is gone
 
     @property
     def complete(self) -> bool:
@@ -61,16 +66,24 @@ class StudyStatus:
                  f"pending: {self.n_missing}  ({pct:.1f} % finished)  warnings: {self.n_warnings}"]
         if self.driver:
             lines.append(f"  driver: {self.driver}")
+        elif self.driver_note:
+            lines.append(f"  driver: {self.driver_note}")
         if self.last_run:
             started = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.last_run.get("started", 0)))
             lines.append(f"  last run: executor {self.last_run.get('executor')}, started {started}"
-                         + ("" if self.last_run.get("ended") else " (no end recorded)"))
+                         + ("" if self.last_run.get("ended") else
+                            " (no end recorded; its driver is still running)" if self.driver else
+                            " (no end recorded: its driver was killed or lost)"))
         if self.eta_seconds is not None:
-            lines.append(f"  rate: {self.rate_per_s:.2f} tasks/s, ETA {time.strftime('%H:%M:%S', time.gmtime(self.eta_seconds))}")
+            lines.append(f"  rate: {self.rate_per_s:.2f} tasks/s, ETA {format_duration(self.eta_seconds)}")
         if self.scheduler_note:
             lines.append(f"  scheduler: {self.scheduler_note}")
         for c in self.corrupt:
             lines.append(f"  DAMAGED segment {c['segment']}: {c['error']} (its tasks count as pending; resume re-runs them)")
+        for c in self.foreign:
+            lines.append(f"  FOREIGN segment {c['segment']}: {c['error']} (not counted; `bayesim-hpc clean` quarantines it)")
+        for c in self.unreadable:
+            lines.append(f"  UNREADABLE segment {c['segment']}: {c['error']} (not counted now; kept)")
         lines.append("  per cell (data x fit): done / failed / pending")
         for c in self.cells[:max_rows]:
             lines.append(f"    {c['cell']:<28} {c['done']:>6} / {c['failed']:>5} / {c['pending']:>6}")
@@ -118,8 +131,8 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
     frozen = rd.read_frozen()
     raw = frozen.raw
     n, n_rep = frozen.n_tasks, int(raw["n_replicates"])
-    study = rd.load_study()
-    win = select_winners(rd, n, columns=("n_warnings",), track=("n_warnings",))  # one pass over the segments
+    space = frozen.space  # from study.json: status never loads (unpickles) the study's code
+    win = select_winners(rd, n, columns=("n_warnings",), track=("n_warnings",), stamp=study_stamp(raw))
     task_state = win.state
     n_success, n_failed = int(np.count_nonzero(task_state == 1)), int(np.count_nonzero(task_state == 2))
     cell_of = np.arange(n) // n_rep
@@ -128,9 +141,9 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
     failed = np.bincount(cell_of[task_state == 2], minlength=n_cells)
     cells = []
     for k in range(n_cells):
-        d, f = (int(v) for v in study.space.cells[k])
+        d, f = (int(v) for v in space.cells[k])
         label = f"d{d + 1:03d}_f{f + 1:03d}"
-        cells.append({"cell": label, "data": study.data_spec(d), "fit": study.fit_spec(f), "done": int(done[k]),
+        cells.append({"cell": label, "data": frozen.data_spec(d), "fit": frozen.fit_spec(f), "done": int(done[k]),
                       "failed": int(failed[k]), "pending": int(n_rep - done[k] - failed[k])})
     manifest = Manifest(rd).read()
     mshards = manifest.get("shards", {})
@@ -149,7 +162,7 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
     shards = []
     rate_num, rate_t0 = 0, None
     for sh in frozen.shards:
-        st = task_state[study.space.shard_indices(sh)]
+        st = task_state[space.shard_indices(sh)]
         entry = dict(mshards.get(str(sh.shard_id), {}))
         entry.update(live_states.get(sh.shard_id, {}))
         missing = int(np.count_nonzero(st == 0))
@@ -167,11 +180,17 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
                 rate_t0 = last["started"]
         except (FileNotFoundError, json.JSONDecodeError):
             pass
+    holder = DirLock(rd.driver_lock).holder()
+    driver_note = ""
+    if holder is not None and holder.host == socket.gethostname() and not _alive(holder.pid, holder.pid_started):
+        driver_note = f"none running (stale lock of {holder.describe()}: that process is gone)"
+        holder = None
+    elif holder is not None and holder.host != socket.gethostname():
+        driver_note = "on another host: its liveness is judged by its heartbeat, not checked here"
     eta = rate = None
-    if rate_t0 is not None and rate_num and not (last or {}).get("ended"):
+    if rate_t0 is not None and rate_num and not (last or {}).get("ended") and holder is not None:
         rate = rate_num / max(1e-9, time.time() - rate_t0)
         eta = (n - n_success - n_failed) / rate if rate > 0 else None
-    holder = DirLock(rd.driver_lock).holder()
     failures = _failures(rd, win, task_state)
     n_warn = int(np.nansum(win.tracked["n_warnings"]))
     return StudyStatus(
@@ -179,5 +198,7 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
         n_warnings=n_warn, cells=cells, shards=shards,
         corrupt=[{"segment": seg, "error": e} for seg, e in win.corrupt],
         driver=holder.describe() if holder else None, last_run=last, eta_seconds=eta, rate_per_s=rate,
-        failures=failures, scheduler_note=note,
+        failures=failures, scheduler_note=note, driver_note=driver_note,
+        foreign=[{"segment": seg, "error": e} for seg, e in win.foreign],
+        unreadable=[{"segment": seg, "error": e} for seg, e in win.unreadable],
     )

@@ -133,6 +133,13 @@ def _missing_key_hint(exc: Exception, stage: str, study: Study, ref: TaskRef) ->
     return f" (not in {name}, which has: {', '.join(map(repr, spec))})"
 
 
+def _shape_of(values: Any) -> str:
+    if not isinstance(values, dict):
+        return f"a {type(values).__name__}, not a dict"
+    bad = {k: getattr(v, "shape", type(v).__name__) for k, v in values.items() if getattr(v, "size", 1) != 1}
+    return f"non-scalar values {bad}" if bad else "values that are not numbers"
+
+
 def run_task(study: Study, ref: TaskRef, attempt: int = 1, shard_id: int = -1) -> TaskRecord:
     """Run one task to a :class:`TaskRecord`; never raises for the task's own errors."""
     ctx = task_context(study, ref, attempt, shard_id)
@@ -164,7 +171,13 @@ def run_task(study: Study, ref: TaskRef, attempt: int = 1, shard_id: int = -1) -
             t0 = time.perf_counter()
             cols: dict[str, float] = {}
             for m in study.metrics:
-                cols.update(metric_columns(m.name, m.compute(fit, data)))
+                values = m.compute(fit, data)
+                try:
+                    cols.update(metric_columns(m.name, values))
+                except (TypeError, ValueError, AttributeError) as exc:
+                    raise TaskError(
+                        f"metric {m.name!r} ({type(m).__name__}) returned {_shape_of(values)}: a metric must "
+                        f"return a dict of scalars, e.g. {{'value': 0.3}} ({exc})") from None
             cols.update(_core_columns(fit, data))
             timing["timing_metrics"] = time.perf_counter() - t0
             if "diagnostics" in study.retain:
