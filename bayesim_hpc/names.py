@@ -43,7 +43,7 @@ __all__ = ["current_name", "add_current_names", "add_legacy_names", "nominal_lev
 LEGACY_AGGREGATES = ("rmse__value", "rmse__n_obs", "bias__value", "coverage__mean", "width__mean")
 
 _OLD_PREFIX = {"post_mean": "estimate", "post_sd": "se"}
-_LEVELLED = re.compile(r"^(cover|becover|width|power)(\d+(?:_\d+)?)$")
+_TRAILING_LEVEL = re.compile(r"(?<![0-9])(\d+(?:_\d+)?)$")
 _OLD_LEVELLED = re.compile(r"^(coverage|width)(?:_(\d+))?$")
 
 
@@ -53,9 +53,12 @@ def level_suffix(prob: float) -> str:
 
 
 def nominal_level(measure: str) -> float | None:
-    """The nominal level in a measure name (``cover90`` -> 0.9), or None."""
-    m = _LEVELLED.match(measure)
-    return None if m is None else round(float(m.group(2).replace("_", ".")) / 100, 6)
+    """The nominal level at the end of a coverage/width/power name (``cover90`` -> 0.9,
+    ``cov_pymc50`` -> 0.5), or None (``coverage``)."""
+    m = _TRAILING_LEVEL.search(measure)
+    if m is None or not 0 < float(m.group(1).replace("_", ".")) < 100:
+        return None
+    return round(float(m.group(1).replace("_", ".")) / 100, 6)
 
 
 def split_column(col: str) -> tuple[str, str, str] | None:
