@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .names import nominal_level, split_column
+from .names import LEGACY_AGGREGATES, nominal_level, split_column
 from .report_plots import cell_label, ecdf_figure, histogram_figure, nested_loop_figure, records, zip_figure
 from .results import load_results
 
@@ -69,7 +69,7 @@ def _params(cells: pd.DataFrame, measure: str) -> list[str]:
     out = []
     for c in cells.columns:
         parts = split_column(c)
-        if parts and parts[0] == measure and not parts[2]:
+        if parts and parts[0] == measure and not parts[2] and c not in LEGACY_AGGREGATES:
             out.append(parts[1])
     return out
 

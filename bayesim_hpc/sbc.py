@@ -63,9 +63,9 @@ def ecdf_counts(ranks: np.ndarray, max_rank: int, j: np.ndarray | None = None) -
     r = np.asarray(ranks)
     j = _points(max_rank) if j is None else j
     r2 = r.reshape(-1, r.shape[-1]).astype(np.int64)
-    counts = np.zeros((r2.shape[0], max_rank + 1), dtype=np.int64)
-    rows = np.repeat(np.arange(r2.shape[0]), r2.shape[1])
-    np.add.at(counts, (rows, np.clip(r2.ravel(), 0, max_rank)), 1)
+    width = max_rank + 1
+    flat = (np.arange(r2.shape[0])[:, None] * width + np.clip(r2, 0, max_rank)).ravel()
+    counts = np.bincount(flat, minlength=r2.shape[0] * width).reshape(r2.shape[0], width)
     cum = np.cumsum(counts, axis=1)  # cum[:, m] = #(r <= m)
     out = cum[:, j - 1]
     return out if r.ndim > 1 else out[0]

@@ -112,3 +112,11 @@ def test_chromium_renders_the_report(report_dir, tmp_path):
     assert img.size == (1300, 2400)
     assert len(np.unique(np.asarray(img.convert("L").resize((65, 120))))) > 20  # not a blank page
     shutil.copy(shot, report_dir / "report-screenshot.png")
+
+
+def test_report_of_an_old_directory_uses_current_names(tmp_path):
+    from .test_measures import _OldCoverage
+
+    run_simulation(make_config(metrics=[_OldCoverage()], n_replicates=10, result_path=tmp_path / "old"), **QUIET)
+    page = build_report(tmp_path / "old").read_text()
+    assert "cover90: nominal 0.9" in page and ">mean<" not in page
