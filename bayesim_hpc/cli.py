@@ -50,8 +50,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:
             if debug:
                 traceback.print_exc()
-            code = {DriverLockedError: EXIT_LOCKED, ErrorBudgetExceeded: EXIT_BUDGET,
-                    StudyChangedError: EXIT_CHANGED}.get(type(exc), EXIT_ERROR)
+            code = next((c for cls, c in ((DriverLockedError, EXIT_LOCKED), (ErrorBudgetExceeded, EXIT_BUDGET),
+                                          (StudyChangedError, EXIT_CHANGED)) if isinstance(exc, cls)), EXIT_ERROR)
             name = "" if isinstance(exc, (BayesimError, FileNotFoundError, ValueError)) else f"{type(exc).__name__}: "
             _fail(f"{name}{exc}" + ("" if debug else "  (--debug for the traceback)" if code == EXIT_ERROR and name else ""), code)
 
@@ -108,6 +108,11 @@ _workers_opt = click.option("--workers", "-j", type=int, default=None,
                             help="Parallel workers (local/mock), or the array throttle %N (slurm).")
 
 
+_keep_going_opt = click.option(
+    "--keep-going", is_flag=True,
+    help="Run every task even when the first ones all fail the same way (no early stop on a systematic failure).")
+
+
 def _slurm_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed([
         click.option("--profile", help="Cluster profile: a YAML file name in slurm_templates/ or a path."),
@@ -130,9 +135,10 @@ def _slurm_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--force", is_flag=True, help="If the study changed, move old results aside and start again.")
 @click.option("--shard-size", type=int, default=None, help="Tasks per shard at the first run.")
 @click.option("--progress/--no-progress", default=None, help="Progress line (default: on a terminal).")
+@_keep_going_opt
 @handle_errors
 def run(study_file, result_dir, executor, workers, profile, partition, time_, mem, detach, dry_run, force,
-        shard_size, progress) -> None:
+        shard_size, progress, keep_going) -> None:
     """Run the study defined in STUDY_FILE (it defines `config = simulation_config(...)`)."""
     from .runner import run_simulation
 
@@ -146,7 +152,8 @@ def run(study_file, result_dir, executor, workers, profile, partition, time_, me
         _print_plan(config, executor, workers, shard_size)
         return
     opts = _executor_options(executor, profile, partition, time_, mem, dry_run, detach)
-    result = run_simulation(config, executor, workers=workers, force=force, shard_size=shard_size, progress=progress, **opts)
+    result = run_simulation(config, executor, workers=workers, force=force, shard_size=shard_size, progress=progress,
+                            keep_going=keep_going, **opts)
     sys.exit(_finish_code(result))
 
 
@@ -191,8 +198,9 @@ def status(result_dir, as_json, no_live) -> None:
 @_workers_opt
 @_slurm_opts
 @click.option("--progress/--no-progress", default=None)
+@_keep_going_opt
 @handle_errors
-def resume(result_dir, executor, workers, profile, partition, time_, mem, detach, progress) -> None:
+def resume(result_dir, executor, workers, profile, partition, time_, mem, detach, progress, keep_going) -> None:
     """Finish a study: run only its missing and failed tasks."""
     from .manifest import Manifest
     from .resultdir import ResultDir
@@ -202,7 +210,7 @@ def resume(result_dir, executor, workers, profile, partition, time_, mem, detach
         runs = Manifest(ResultDir(result_dir)).read().get("runs", [])
         executor = runs[-1]["executor"] if runs else "local"
     opts = _executor_options(executor, profile, partition, time_, mem, False, detach)
-    result = resume_simulation(result_dir, executor, workers=workers, progress=progress, **opts)
+    result = resume_simulation(result_dir, executor, workers=workers, progress=progress, keep_going=keep_going, **opts)
     sys.exit(_finish_code(result))
 
 

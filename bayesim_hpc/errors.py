@@ -11,6 +11,7 @@ __all__ = [
     "StudyChangedError",
     "DriverLockedError",
     "ErrorBudgetExceeded",
+    "SystematicFailureError",
 ]
 
 
@@ -43,3 +44,7 @@ class DriverLockedError(BayesimError):
 
 class ErrorBudgetExceeded(BayesimError):
     """More tasks failed than ``max_errors`` allows."""
+
+
+class SystematicFailureError(ErrorBudgetExceeded):
+    """The first tasks all failed the same way: a bug in the study's code, so the run stopped early."""

@@ -17,6 +17,8 @@ generator, fitter and metrics. Load result directories you trust.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib.metadata
 import json
 import platform
@@ -28,12 +30,13 @@ from typing import Any
 
 import cloudpickle
 
-from .config import Study, fingerprint_parts
-from .errors import StudyChangedError
+from .config import Study
+from .errors import BayesimError, StudyChangedError
+from .fingerprint import CODE_PARTS, code_descriptions, code_diff, fingerprint_parts, legacy_fingerprint_parts
 from .grid import Shard, plan_shards
 from .storage import atomic_write_text
 
-__all__ = ["ResultDir", "FrozenStudy", "package_versions"]
+__all__ = ["ResultDir", "FrozenStudy", "package_versions", "runtime_settings"]
 
 FORMAT = 1
 _PKGS = ("bayesim-hpc", "numpy", "pandas", "h5py", "pymc", "pytensor", "nutpie", "submitit")
@@ -68,6 +71,12 @@ class FrozenStudy:
         return dict(self.raw["fingerprint"])
 
 
+def runtime_settings(study: Study, keep_going: bool = False) -> dict[str, Any]:
+    """The settings a run may change without changing the study (workers read them from study.json)."""
+    return {"max_errors": study.max_errors,
+            "stop_on_systematic_failure": None if keep_going else study.stop_on_systematic_failure}
+
+
 class ResultDir:
     """Paths and frozen-study I/O for one result directory."""
 
@@ -91,15 +100,28 @@ class ResultDir:
         return FrozenStudy(json.loads(self.study_json.read_text()))
 
     def load_study(self) -> Study:
-        """The frozen study; the study file's folder is importable, as it was at ``run``."""
+        """The frozen study; the study file's folder is importable, as it was at ``run``.
+
+        The study comes back marked as read from this directory (``Study.frozen_in``): it *is*
+        the frozen study, so :meth:`check_same_study` does not compare its code again.
+        """
         try:
-            folder = json.loads(self.study_json.read_text()).get("study_file")
+            raw = json.loads(self.study_json.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
-            folder = None
+            raw = {}
+        folder = raw.get("study_file")
         if folder and str(Path(folder).parent) not in sys.path:
             sys.path.insert(0, str(Path(folder).parent))
-        with open(self.study_pkl, "rb") as fh:
-            return cloudpickle.load(fh)
+        blob = self.study_pkl.read_bytes()
+        want = raw.get("study_pkl_sha256")
+        if want and hashlib.sha256(blob).hexdigest() != want:
+            raise BayesimError(
+                f"{self.study_pkl} does not match the checksum in {self.study_json.name}: it was changed or "
+                "damaged after the study was frozen. Restore it from a backup, or run the study file again "
+                "into a new result directory.")
+        study = cloudpickle.loads(blob)
+        object.__setattr__(study, "frozen_in", str(self.path.resolve()))
+        return study
 
     def freeze(self, study: Study, shard_size: int) -> FrozenStudy:
         """Write study.pkl and study.json for a new study (study.json last: it marks 'ready')."""
@@ -107,14 +129,18 @@ class ResultDir:
         self.shards_dir.mkdir(exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         tmp = self.path / ".study.pkl.tmp"
+        blob = cloudpickle.dumps(dataclasses.replace(study, frozen_in=None))
         with open(tmp, "wb") as fh:
-            cloudpickle.dump(study, fh)
+            fh.write(blob)
         tmp.replace(self.study_pkl)
         shards = plan_shards(study.space, shard_size)
+        code = code_descriptions(study)
         raw = {
             "format": FORMAT,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "fingerprint": fingerprint_parts(study),
+            "fingerprint": fingerprint_parts(study, code),
+            "code": code,
+            "study_pkl_sha256": hashlib.sha256(blob).hexdigest(),
             "n_tasks": study.n_tasks,
             "n_data": study.space.n_data,
             "n_fit": study.space.n_fit,
@@ -130,23 +156,50 @@ class ResultDir:
             "chunk_size": study.chunk_size,
             "checkpoint_every": study.checkpoint_every,
             "max_errors": study.max_errors,
+            "runtime": runtime_settings(study),
             "study_file": study.study_file,
             "versions": package_versions(),
         }
         atomic_write_text(self.study_json, json.dumps(raw, indent=1, default=str))
         return FrozenStudy(raw)
 
+    def set_runtime(self, settings: dict[str, Any]) -> None:
+        """Record this run's runtime settings in study.json; workers read them from there.
+
+        Only the driver (holding the driver lock) calls this; the rewrite is atomic.
+        """
+        raw = json.loads(self.study_json.read_text())
+        if raw.get("runtime") != settings:
+            raw["runtime"] = settings
+            atomic_write_text(self.study_json, json.dumps(raw, indent=1, default=str))
+
     def check_same_study(self, study: Study) -> FrozenStudy:
-        """Raise :class:`StudyChangedError` naming what differs from the frozen study."""
+        """Raise :class:`StudyChangedError` naming what differs from the frozen study.
+
+        A study read back from this directory (``resume DIR``) is the frozen study itself and
+        passes. A study from the study file is compared with the code text frozen at ``run``:
+        comments, docstrings and formatting do not count (see :mod:`bayesim_hpc.fingerprint`).
+        """
         frozen = self.read_frozen()
-        now = fingerprint_parts(study)
+        if study.frozen_in is not None and study.frozen_in == str(self.path.resolve()):
+            return frozen
+        code_then = frozen.raw.get("code")
+        if code_then is None:  # made by bayesim-hpc 0.1: its digests hashed the raw source text
+            code_now, now = None, legacy_fingerprint_parts(study)
+        else:
+            code_now = code_descriptions(study)
+            now = fingerprint_parts(study, code_now)
         changed = [k for k, v in frozen.fingerprint.items() if now.get(k) != v]
         if changed:
+            diffs = [code_diff(code_then[p], code_now[p], p) for p in changed
+                     if p in CODE_PARTS and code_then is not None and code_now is not None and p in code_then]
             raise StudyChangedError(
                 f"the study in {self.path} was defined differently: {', '.join(changed)} changed since "
-                f"{frozen.raw.get('created', 'it was created')}. Resume needs the same study; use a new "
-                "result_path for the changed study, or force=True (--force) to move the old results "
-                "aside into shards.discarded-<time>/ and start again."
+                f"{frozen.raw.get('created', 'it was created')}."
+                + "".join(f"\n{d}" for d in diffs if d)
+                + f"\nWhat you can do: run the changed study into a new result directory; or finish the study "
+                f"as it was frozen with `bayesim-hpc resume {self.path}` (Python: resume_simulation(path)); or "
+                "--force (force=True) to move the old results aside into shards.discarded-<time>/ and start again."
             )
         return frozen
 

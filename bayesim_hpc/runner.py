@@ -21,13 +21,13 @@ from typing import Any, Callable
 import numpy as np
 
 from .config import Study
-from .errors import BayesimError, ConfigError, ErrorBudgetExceeded
+from .errors import BayesimError, ConfigError, ErrorBudgetExceeded, SystematicFailureError
 from .executors import make_executor
 from .executors.base import ProgressLine, RunContext, RunOutcome, default_shard_size
 from .locking import DirLock
 from .manifest import Manifest, scan_progress
 from .reduce import reduce_results
-from .resultdir import ResultDir
+from .resultdir import ResultDir, runtime_settings
 from .results import SimulationResult
 
 __all__ = ["run_simulation", "resume_simulation", "prepare_result_dir", "missing_shards"]
@@ -83,6 +83,7 @@ def run_simulation(
     max_attempts: int = 3,
     emit: Callable[[str], None] | None = None,
     reduce: bool = True,
+    keep_going: bool = False,
     **executor_options: Any,
 ) -> SimulationResult:
     """Run (or finish) a study with the executor chosen now; the study code never changes.
@@ -98,6 +99,8 @@ def run_simulation(
         progress: show a progress line (default: when stderr is a terminal).
         shard_size: tasks per shard at first run (default: about 4 shards per slot).
         max_attempts: times a dying worker's shard is started again within this run.
+        keep_going: do not stop early when the first tasks all fail the same way (this run
+            only; see ``stop_on_systematic_failure`` in :func:`simulation_config`).
         executor_options: passed to the executor (e.g. ``profile=``, ``time_limit=`` for Slurm).
 
     Returns a :class:`SimulationResult`. Raises :class:`ErrorBudgetExceeded` when more
@@ -119,6 +122,7 @@ def run_simulation(
     try:
         size = shard_size or config.shard_size or default_shard_size(config.n_tasks, ex.parallelism)
         is_new = prepare_result_dir(config, rd, resume, force, size)
+        rd.set_runtime(runtime_settings(config, keep_going))
         if retry_failed is None:
             retry_failed = not is_new
         todo, prog = missing_shards(rd, config, retry_failed)
@@ -153,15 +157,45 @@ def run_simulation(
     finally:
         lock.release()
     result = SimulationResult(rd.path, red, _tmpdir=tmp)
+    systematic = _systematic_failure(rd, red, config.max_errors) if outcome.budget_exceeded else None
     if red is not None:
-        _report_end(emit, rd, red, outcome)
+        _report_end(emit, rd, red, outcome, advise=systematic is None)
     if outcome.budget_exceeded:
+        if systematic:
+            raise SystematicFailureError(systematic)
         raise ErrorBudgetExceeded(
             f"stopped: more than max_errors={config.max_errors} tasks failed "
             f"({red.n_failed if red else '?'} failed so far). See the error columns of {rd.summary} "
             f"or `bayesim-hpc status {rd.path}`; fix the cause, then `bayesim-hpc resume {rd.path}`."
         )
     return result
+
+
+_STAGE_OWNER = {"generate": "the data generator", "fit": "the fitter (or the model builder)",
+                "metrics": "the metrics", "diagnostics": "the fitter's draws"}
+
+
+def _systematic_failure(rd: ResultDir, red: Any, max_errors: int | None) -> str | None:
+    """The early-stop message when the run stopped because every task failed the same way."""
+    if red is None or not red.n_failed or (max_errors is not None and red.n_failed > max_errors):
+        return None  # (over max_errors: the error budget stopped the run)
+    from .reduce import read_summary
+
+    s = read_summary(rd.summary, columns=["task_id", "status", "error_type", "error_stage", "error_message"])
+    failed = s[s["status"] == "failed"]
+    kinds = failed.groupby(["error_stage", "error_type"]).size().sort_values(ascending=False)
+    (stage, etype), n = kinds.index[0], int(kinds.iloc[0])
+    first = failed[(failed["error_stage"] == stage) & (failed["error_type"] == etype)].iloc[0]
+    message = (first["error_message"] or "").strip().splitlines()
+    return (f"stopped early: the first {n} task(s) all failed in {stage} with {etype}: "
+            f"{message[-1] if message else ''}\n"
+            f"  This is a bug, not bad luck: resume cannot fix code. See one task fail with its traceback:\n"
+            f"    bayesim-hpc replay {rd.path} {first['task_id']}\n"
+            f"  Fix {_STAGE_OWNER.get(stage, 'the code')}, then run the study file again "
+            + ("with --force (nothing succeeded, so nothing is lost)" if not red.n_success else
+               f"into a new result directory (or with --force, which moves the {red.n_success} finished tasks aside)")
+            + ". To run every task anyway: --keep-going "
+            "(Python: keep_going=True, or stop_on_systematic_failure=None in simulation_config).")
 
 
 def _remove_new_study(rd: ResultDir) -> None:
@@ -174,14 +208,22 @@ def _remove_new_study(rd: ResultDir) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _report_end(emit: Callable[[str], None], rd: ResultDir, red: Any, outcome: RunOutcome) -> None:
+def _report_end(emit: Callable[[str], None], rd: ResultDir, red: Any, outcome: RunOutcome, advise: bool = True) -> None:
     msg = (f"bayesim-hpc: {red.n_success} succeeded, {red.n_failed} failed, {red.n_missing} missing "
            f"of {red.n_tasks} tasks; summary in {rd.summary}")
     emit(msg)
     for sid, why in sorted(outcome.unfinished.items())[:10]:
         emit(f"  shard {sid}: {why}")
-    if red.n_missing or red.n_failed:
+    if not advise:
+        return
+    if red.n_failed:
+        emit(f"  failed tasks, with their errors: bayesim-hpc status {rd.path}; one with its traceback: "
+             f"bayesim-hpc replay {rd.path} TASK_ID")
+    if red.n_missing:
         emit(f"  to finish: bayesim-hpc resume {rd.path}    (Python: resume_simulation({str(rd.path)!r}))")
+    elif red.n_failed:
+        emit(f"  resume re-runs failed tasks ({'bayesim-hpc resume ' + str(rd.path)}): that helps when the cause "
+             "was outside the code (a lost node, memory, a time limit); a bug needs the code fixed first")
 
 
 def resume_simulation(path: str | Path, executor: str | Any | None = None, **kwargs: Any) -> SimulationResult:

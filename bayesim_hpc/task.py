@@ -124,6 +124,17 @@ def _artifacts(study: Study, fit: FitResult | None, data: SimData | None, warns:
     return out
 
 
+def _missing_key_hint(exc: Exception, stage: str, study: Study, ref: TaskRef) -> str:
+    """For a KeyError of a grid name in the generator or fitter: the keys the spec does have."""
+    if not isinstance(exc, KeyError) or stage not in ("generate", "fit") or not exc.args:
+        return ""
+    spec = study.data_spec(ref.data_idx) if stage == "generate" else study.fit_spec(ref.fit_idx)
+    if exc.args[0] in spec:
+        return ""
+    name = "data_spec (a row of data_grid)" if stage == "generate" else "fit_spec (a row of fit_grid)"
+    return f" (not in {name}, which has: {', '.join(map(repr, spec))})"
+
+
 def run_task(study: Study, ref: TaskRef, attempt: int = 1, shard_id: int = -1) -> TaskRecord:
     """Run one task to a :class:`TaskRecord`; never raises for the task's own errors."""
     ctx = task_context(study, ref, attempt, shard_id)
@@ -164,7 +175,7 @@ def run_task(study: Study, ref: TaskRef, attempt: int = 1, shard_id: int = -1) -
             rec.status = "success"
         except Exception as exc:  # a task's failure is data, not a crash
             rec.error_type = type(exc).__name__
-            rec.error_message = str(exc)[:2000]
+            rec.error_message = (str(exc) + _missing_key_hint(exc, stage, study, ref))[:2000]
             rec.error_stage = stage
             rec.error_traceback = traceback.format_exc()[-_TRACEBACK_TAIL:]
         warns.extend(f"{w.category.__name__}: {w.message}" for w in caught)

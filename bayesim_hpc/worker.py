@@ -64,6 +64,7 @@ class ShardOutcome:
     budget_exceeded: bool = False
     segments: int = 0
     stop_signal: str | None = None  # e.g. "SIGUSR2": what stopped the shard, if anything
+    systematic: bool = False  # stopped early: every task failed the same way (a bug, not bad luck)
 
     @property
     def exit_code(self) -> int:
@@ -76,23 +77,49 @@ _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
 class _WarningRelay:
-    """Prints a kind of warning the first few times it is seen, then only counts it.
+    """Prints a kind of warning (or failure) the first few times it is seen, then only counts it.
 
     The kind is the message with its numbers masked, so "3 divergent transitions" and
     "12 divergent transitions" fold together.
     """
 
-    def __init__(self, emit: Callable[[str], None], show: int = 3):
-        self.emit, self.show, self.counts = emit, show, Counter()
+    def __init__(self, emit: Callable[[str], None], show: int = 3, label: str = "WARNING"):
+        self.emit, self.show, self.label, self.counts = emit, show, label, Counter()
 
     def __call__(self, task_id: str, message: str) -> None:
         kind = _NUMBER.sub("#", message)
         self.counts[kind] += 1
         n = self.counts[kind]
         if n <= self.show:
-            self.emit(f"[{task_id}] WARNING {message}")
+            self.emit(f"[{task_id}] {self.label} {message}")
         elif n in (10, 100, 1000, 10000, 100000):
-            self.emit(f"[{task_id}] WARNING (this kind seen {n} times in shard) {message}")
+            self.emit(f"[{task_id}] {self.label} (this kind seen {n} times in shard) {message}")
+
+
+class _SystematicFailure:
+    """Tells a bug from bad luck: the first ``limit`` tasks of a shard (or all of a shard of at
+    least 3 tasks) failed with one error type in one stage, and no task of the shard has ever
+    succeeded. A resume that retries a few failed tasks of a shard never trips it."""
+
+    def __init__(self, limit: int | None, shard_tasks: int, succeeded_before: bool):
+        self.limit, self.shard_tasks = limit, shard_tasks
+        self.armed = limit is not None and not succeeded_before
+        self.kinds: set[tuple[str, str]] = set()
+        self.n = 0
+
+    def seen(self, rec: TaskRecord) -> bool:
+        if not self.armed:
+            return False
+        if rec.status == "success":
+            self.armed = False
+            return False
+        self.n += 1
+        self.kinds.add((rec.error_type or "", rec.error_stage or ""))
+        if len(self.kinds) > 1:
+            self.armed = False
+            return False
+        assert self.limit is not None
+        return self.n >= self.limit or (self.n == self.shard_tasks and self.n >= 3)
 
 
 def _load(rd: ResultDir) -> Study:
@@ -126,12 +153,16 @@ def run_shard(
     todo = [int(i) for i in indices if prog.state[i] == 0 or (retry_failed and prog.state[i] == 2)]
     out = ShardOutcome(shard_id, attempt, 0, 0, 0, len(indices) - len(todo))
     relay = _WarningRelay(emit)
+    failures = _WarningRelay(emit, label="FAILED")
     buffer: list[TaskRecord] = []
     seq = _next_seq(rd, shard_id, attempt)
     last_flush = time.monotonic()
     progress_path = shard_dir(rd.path, shard_id) / "progress.json"
     last_progress = 0.0
-    max_errors = study.max_errors
+    runtime = frozen.raw.get("runtime", {})  # this run's settings (the driver writes them)
+    max_errors = runtime.get("max_errors", study.max_errors)
+    systematic = _SystematicFailure(runtime.get("stop_on_systematic_failure", study.stop_on_systematic_failure),
+                                    len(indices), succeeded_before=bool((prog.state[indices] == 1).any()))
     n_failed_before = int((prog.state[indices] == 2).sum()) if not retry_failed else 0
 
     def flush() -> None:
@@ -166,7 +197,8 @@ def run_shard(
                 out.n_success += 1
             else:
                 out.n_failed += 1
-                emit(f"[{rec.task_id}] FAILED in {rec.error_stage}: {rec.error_type}: {rec.error_message.splitlines()[0] if rec.error_message else ''}")
+                first_line = rec.error_message.splitlines()[0] if rec.error_message else ""
+                failures(rec.task_id, f"in {rec.error_stage}: {rec.error_type}: {first_line}")
             for w in rec.warnings:
                 relay(rec.task_id, w)
             now = time.monotonic()
@@ -178,6 +210,11 @@ def run_shard(
             if max_errors is not None and n_failed_before + out.n_failed > max_errors:
                 out.budget_exceeded = True
                 emit(f"[shard {shard_id}] stopping: more than max_errors={max_errors} failed tasks")
+                break
+            if systematic.seen(rec):
+                out.budget_exceeded = out.systematic = True
+                emit(f"[shard {shard_id}] stopping early: the first {out.n_failed} task(s) all failed "
+                     f"in {rec.error_stage} with {rec.error_type} (stop_on_systematic_failure)")
                 break
     except StopRequested as sig:
         out.stopped = True
