@@ -84,11 +84,21 @@ def current_name(col: str) -> str | None:
 
 
 def add_current_names(df: pd.DataFrame) -> pd.DataFrame:
-    """Add the current name of every old column (a copy beside it); returns ``df`` itself if none."""
-    new = {current_name(c): c for c in df.columns if current_name(c) and current_name(c) not in df.columns}
-    if not new:
+    """Add the current name of every old column (a copy beside it); returns ``df`` itself if none.
+
+    Where the current column exists already (a directory resumed after an upgrade holds
+    rows of both versions), its missing values are taken from the old column: the two
+    names mean the same quantity.
+    """
+    pairs = [(c, current_name(c)) for c in df.columns if current_name(c)]
+    if not pairs:
         return df
-    return pd.concat([df, pd.DataFrame({n: df[o].to_numpy() for n, o in new.items()}, index=df.index)], axis=1)
+    new = {cur: df[old].to_numpy() for old, cur in pairs if cur not in df.columns}
+    out = pd.concat([df, pd.DataFrame(new, index=df.index)], axis=1) if new else df.copy()
+    for old, cur in pairs:
+        if cur not in new:
+            out[cur] = out[cur].fillna(out[old])
+    return out
 
 
 def add_legacy_names(df: pd.DataFrame, legacy: list[str]) -> pd.DataFrame:

@@ -131,3 +131,14 @@ def test_mock_fitter_cells_have_no_cross_parameter_columns():
         parts = col.split("__")
         if len(parts) >= 2 and parts[0] in ("bias", "rmse", "cover90", "empse", "mse", "modelse", "becover90"):
             assert parts[1] in params, col
+
+
+def test_rows_of_both_versions_share_the_current_column():
+    """A directory resumed after an upgrade: old rows have by_param columns, new rows current ones."""
+    from bayesim_hpc.names import add_current_names
+
+    df = pd.DataFrame({"bias__by_param__slope": [0.1, 0.2, np.nan], "bias__slope": [np.nan, np.nan, 0.3],
+                       "bias__value": [0.05, 0.1, np.nan]})
+    out = add_current_names(df)
+    assert out["bias__slope"].tolist() == [0.1, 0.2, 0.3]
+    assert out["bias__value"].isna().tolist() == [False, False, True]  # the old average stays old rows' only
