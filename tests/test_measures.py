@@ -142,3 +142,40 @@ def test_rows_of_both_versions_share_the_current_column():
     out = add_current_names(df)
     assert out["bias__slope"].tolist() == [0.1, 0.2, 0.3]
     assert out["bias__value"].isna().tolist() == [False, False, True]  # the old average stays old rows' only
+
+
+class _FixedFitter:
+    """Draws 0, 1, 2, 3, 4 in each of two chains, whatever the data: every number is known."""
+
+    def fit(self, data, fit_spec, seed, ctx):
+        from bayesim_hpc import FitResult
+
+        return FitResult(draws={"mu": np.tile(np.arange(5.0), (2, 1))})
+
+
+def _fixed_data(spec, rng, ctx):
+    from bayesim_hpc import SimData
+
+    return SimData(train={"y": np.zeros(3)}, true_params={"mu": spec["truth"]})
+
+
+def test_per_task_columns_of_a_fixed_study_by_hand():
+    from bayesim_hpc import interval_width_metric, rmse_metric, simulation_config
+
+    cfg = simulation_config(data_grid={"truth": [1.5, 4.5]}, fit_grid={"m": ["fixed"]}, data_generator=_fixed_data,
+                            fitter=_FixedFitter(), metrics=[rmse_metric(), bias_metric(), coverage_metric(0.9),
+                                                            interval_width_metric(0.9), power_metric(0.5, null=0.0)],
+                            n_replicates=2, seed=1, retain="minimal")
+    res = run_simulation(cfg, **QUIET)
+    s = res.summary.set_index("task_id")
+    a, b = s.loc["d001_f001_r00001"], s.loc["d002_f001_r00001"]
+    # mean 2; quantiles 5 % and 95 % of [0,0,1,1,2,2,3,3,4,4] (type 7) are 0 and 4; 25 %/75 % are 1 and 3
+    assert (a["estimate__mu"], a["bias__mu"], a["rmse__mu"]) == (2.0, 0.5, 0.5)
+    assert (b["bias__mu"], b["rmse__mu"]) == (-2.5, 2.5)
+    assert a["se__mu"] == pytest.approx(np.std(np.tile(np.arange(5.0), 2), ddof=1))
+    assert (a["cover90__mu"], a["cover90__mu__lo"], a["cover90__mu__hi"], a["width90__mu"]) == (1.0, 0.0, 4.0, 4.0)
+    assert b["cover90__mu"] == 0.0
+    assert a["power50__mu"] == 1.0  # [1, 3] excludes 0
+    cells = res.cells.set_index("data_truth")
+    assert cells.loc[4.5, "rmse__mu"] == 2.5 and cells.loc[4.5, "cover90__mu"] == 0.0
+    assert cells.loc[1.5, "becover90__mu"] == 1.0 and cells.loc[1.5, "empse__mu"] == 0.0

@@ -120,3 +120,15 @@ def test_report_of_an_old_directory_uses_current_names(tmp_path):
     run_simulation(make_config(metrics=[_OldCoverage()], n_replicates=10, result_path=tmp_path / "old"), **QUIET)
     page = build_report(tmp_path / "old").read_text()
     assert "cover90: nominal 0.9" in page and ">mean<" not in page
+
+
+@pytest.mark.parametrize("fitter", [MockFitter(), MockFitter(fail_rate=1.0)], ids=["one-cell", "all-failed"])
+def test_report_of_small_and_failed_studies(tmp_path, fitter):
+    run_simulation(make_config(fitter=fitter, n_replicates=4, max_errors=100, result_path=tmp_path / "r"),
+                   keep_going=True, **QUIET)
+    page = build_report(tmp_path / "r").read_text()
+    assert "What failed or warned?" in page
+    for raw in _images(page):
+        Image.open(io.BytesIO(raw)).load()
+    if fitter.fail_rate:
+        assert "4 tasks failed, in 1 kinds" in page and "bayesim-hpc replay" in page
