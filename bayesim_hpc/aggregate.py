@@ -127,31 +127,36 @@ def _current_kinds(metric_kinds: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def _numeric(ok: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The numeric columns as float arrays, converted in one block (per-column access is slow)."""
+    cols = [c for c, t in ok.dtypes.items() if pd.api.types.is_numeric_dtype(t)]
+    arr = ok[cols].to_numpy(dtype=float, na_value=np.nan) if cols else np.empty((len(ok), 0))
+    return {c: arr[:, j] for j, c in enumerate(cols)}
+
+
 def cell_measures(df: pd.DataFrame, metric_kinds: dict[str, str]) -> dict[str, Any]:
     """Performance measures of one cell's rows (failed rows are counted, not measured)."""
     ok = add_current_names(df[df["status"] == "success"])
     kinds = _current_kinds(metric_kinds)
     n = len(ok)
     out: dict[str, Any] = {"n_tasks": len(df), "n_success": n, "n_failed": len(df) - n}
-    for col in [c for c in ok.columns if c.startswith("estimate__")]:
+    X = _numeric(ok)
+    for col in [c for c in X if c.startswith("estimate__")]:
         p = col[len("estimate__"):]
-        if f"truth__{p}" not in ok.columns:
+        if f"truth__{p}" not in X:
             continue
-        se = ok[f"se__{p}"].to_numpy(float) if f"se__{p}" in ok.columns else None
-        out.update(point_measures(ok[col].to_numpy(float), ok[f"truth__{p}"].to_numpy(float), se, p))
+        out.update(point_measures(X[col], X[f"truth__{p}"], X.get(f"se__{p}"), p))
     ranks: dict[str, list[str]] = {}
-    for col in ok.columns:
+    for col, x in X.items():
         parts = split_column(col)
         if parts is None or parts[2] or parts[0] not in kinds or col in out:
             continue
         name, p, _ = parts
         kind = kinds[name]
-        x = ok[col].to_numpy(float)
         if kind in ("coverage", "power"):
             out.update(proportion(x, col))
-            if kind == "coverage" and f"{col}__lo" in ok.columns and f"estimate__{p}" in ok.columns:
-                lo, hi = ok[f"{col}__lo"].to_numpy(float), ok[f"{col}__hi"].to_numpy(float)
-                est = ok[f"estimate__{p}"].to_numpy(float)
+            if kind == "coverage" and f"{col}__lo" in X and f"estimate__{p}" in X:
+                lo, hi, est = X[f"{col}__lo"], X[f"{col}__hi"], X[f"estimate__{p}"]
                 fin = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(est)
                 if fin.any():
                     centre = est[fin].mean()
@@ -173,17 +178,16 @@ def cell_measures(df: pd.DataFrame, metric_kinds: dict[str, str]) -> dict[str, A
         from .sbc import uniformity_pvalue
 
         for p in [q for q in params if q != "n_draws"]:  # n_draws: a pre-0.2 column
-            mx = ok.get(f"{name}__{p}__max", ok.get(f"{name}__n_draws"))
-            if mx is None or not np.isfinite(mx.to_numpy(float)).any():
+            mx = X.get(f"{name}__{p}__max", X.get(f"{name}__n_draws"))
+            if mx is None or not np.isfinite(mx).any():
                 continue
-            max_rank = int(np.nanmax(mx.to_numpy(float)))
-            out[f"{name}_pvalue__{p}"] = uniformity_pvalue(ok[f"{name}__{p}"].to_numpy(float), max_rank)
+            out[f"{name}_pvalue__{p}"] = uniformity_pvalue(X[f"{name}__{p}"], int(np.nanmax(mx)))
     for col, how in (("rhat_max", "max"), ("divergent", "sum"), ("ess_bulk", "min"), ("timing_total", "mean")):
-        if col in ok.columns and n:
-            x = ok[col].to_numpy(float)
+        if col in X and n:
+            x = X[col]
             x = x[np.isfinite(x)]
             if x.size:
                 out[f"{col}__{how}"] = float(getattr(np, how)(x))
-    if "rhat_max" in ok.columns and n:
-        out["share_rhat_gt_1.01"] = float(np.mean(ok["rhat_max"].to_numpy(float) > 1.01))
+    if "rhat_max" in X and n:
+        out["share_rhat_gt_1.01"] = float(np.mean(X["rhat_max"] > 1.01))
     return out

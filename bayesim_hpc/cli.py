@@ -234,7 +234,7 @@ def reduce(result_dir) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), help="HTML file (default: RESULT_DIR/report.html).")
 @handle_errors
 def report(result_dir, out) -> None:
-    """Write an HTML report: per-cell measures with MCSE, coverage/bias plots, diagnostics, SBC ranks."""
+    """Write one self-contained HTML report: bias, coverage (zip plots), precision, convergence, SBC, failures."""
     from .report import build_report
 
     click.echo(str(build_report(result_dir, out)))
