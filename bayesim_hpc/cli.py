@@ -6,6 +6,7 @@
     bayesim-hpc status results/lin
     bayesim-hpc resume results/lin
     bayesim-hpc report results/lin
+    bayesim-hpc export results/lin --format parquet --output results/lin/export
 
 Exit codes: 0 done; 1 error; 2 usage error; 3 the study is not complete (tasks missing or
 failed, or the driver was stopped by SIGTERM / ``cancel``); 4 stopped by the error budget
@@ -282,10 +283,25 @@ def reduce(result_dir) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), help="HTML file (default: RESULT_DIR/report.html).")
 @handle_errors
 def report(result_dir, out) -> None:
-    """Write an HTML report: per-cell measures with MCSE, coverage/bias plots, diagnostics, SBC ranks."""
+    """Write one self-contained HTML report: bias, coverage (zip plots), precision, convergence, SBC, failures."""
     from .report import build_report
 
     click.echo(str(build_report(result_dir, out)))
+
+
+@main.command()
+@click.argument("result_dir", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True)
+@click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
+              help="Folder for the files (default: RESULT_DIR/export).")
+@click.option("--reference", type=int, default=None, help="fit_idx of the reference fit row for comparisons (default 1).")
+@handle_errors
+def export(result_dir, fmt, output, reference) -> None:
+    """Write summary, cells and comparisons, wide and long, as Parquet or CSV (read-only: no study code runs)."""
+    from .export import export_results
+
+    for path in export_results(result_dir, output or Path(result_dir) / "export", fmt, reference):
+        click.echo(str(path))
 
 
 @main.command()

@@ -2,7 +2,8 @@
 
 Example:
     >>> res = load_results("results/my_study")            # doctest: +SKIP
-    >>> res.summary.groupby("fit_model")["rmse__value"].mean()   # doctest: +SKIP
+    >>> res.summary.groupby("fit_model")["bias__slope"].mean()   # doctest: +SKIP
+    >>> res.cells[["data_n", "fit_model", "cover90__slope", "cover90__slope__wilson_low"]]  # doctest: +SKIP
     >>> res.task_results["d001_f001_r00001"]["draws"]["slope"].shape   # doctest: +SKIP
     >>> res.draws("d001_f001_r00001")                    # an xarray.Dataset  # doctest: +SKIP
 """
@@ -16,6 +17,7 @@ from typing import Any, Iterator
 
 import pandas as pd
 
+from .names import add_current_names, add_legacy_names, current_name
 from .reduce import ReduceOutcome, read_summary, reduce_results, summary_is_current
 from .resultdir import ResultDir
 from .storage import read_task_artifacts
@@ -72,12 +74,31 @@ class SimulationResult:
         self._tmpdir = _tmpdir  # keeps a temporary result directory alive with the result
 
     @cached_property
-    def summary(self) -> pd.DataFrame:
+    def _stored_summary(self) -> pd.DataFrame:
         return read_summary(self.rd.summary)
 
     @cached_property
+    def legacy_columns(self) -> list[str]:
+        """Pre-0.2 per-parameter names in this directory's summary (empty for new directories)."""
+        return [c for c in self._stored_summary.columns if current_name(c)]
+
+    @cached_property
+    def summary(self) -> pd.DataFrame:
+        """One row per task. In a directory written before 0.2, the current name of every old
+        per-parameter column is added beside it (see :mod:`bayesim_hpc.names`)."""
+        return add_current_names(self._stored_summary)
+
+    @cached_property
     def cells(self) -> pd.DataFrame:
-        return pd.read_csv(self.rd.cells)
+        """Per-cell measures with MCSE; old directories get both current and old names."""
+        cells = add_current_names(pd.read_csv(self.rd.cells))
+        return add_legacy_names(cells, self.legacy_columns) if self.legacy_columns else cells
+
+    def compare(self, reference: int | dict | None = None):
+        """Paired differences between each fit row and ``reference``: see :func:`bayesim_hpc.compare.compare`."""
+        from .compare import compare
+
+        return compare(self, reference=reference)
 
     @cached_property
     def task_results(self) -> TaskResults:

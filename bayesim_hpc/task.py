@@ -6,7 +6,7 @@ message, stage and traceback tail).
 
 Example:
     >>> rec = run_task(study, study.space.ref(0))      # doctest: +SKIP
-    >>> rec.status, rec.columns["rmse__value"]           # doctest: +SKIP
+    >>> rec.status, rec.columns["bias__slope"]           # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -74,11 +74,13 @@ def _check_draws(fit: FitResult, data: SimData) -> None:
 
 
 def _core_columns(fit: FitResult, data: SimData) -> dict[str, float]:
-    """Columns the per-cell aggregates need whatever metrics were chosen."""
+    """Columns the per-cell aggregates need whatever metrics were chosen: the posterior mean
+    (``estimate__p``), the posterior SD (``se__p``) and the true value (``truth__p``)."""
     out = {}
     for p in data.vars_of_interest:
         if p in fit.draws and fit.draws[p].ndim == 2:
             out[f"estimate__{p}"] = float(fit.draws[p].mean())
+            out[f"se__{p}"] = float(fit.draws[p].std(ddof=1)) if fit.draws[p].size > 1 else float("nan")
             if p in data.true_params:
                 out[f"truth__{p}"] = float(data.true_params[p])
     return out

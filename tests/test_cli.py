@@ -50,12 +50,18 @@ def test_run_status_report_replay_clean(study_file, tmp_path):
     r = invoke("report", out)
     assert r.exit_code == 0
     html = (out / "report.html").read_text()
-    assert "Performance measures per cell" in html and "coverage.png" in html
+    assert "Which method is biased?" in html and "data:image/png;base64," in html
     plots = json.loads((out / "report.json").read_text())["plots"]
-    assert {p["title"] for p in plots} >= {"Coverage", "Bias", "Diagnostics", "SBC ranks (sbc_rank)"}
-    for p in plots:
+    assert {p["title"] for p in plots} >= {"Coverage (cover90)", "Bias", "Diagnostics", "SBC ranks (sbc_rank)"}
+    import base64
+    import io
+    import re
+
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
+    assert len(images) == len(plots)
+    for p, b64 in zip(plots, images):
         assert p["points"] > 0
-        img = np.asarray(Image.open(out / p["file"]).convert("L"), dtype=float)
+        img = np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("L"), dtype=float)
         assert img.std() > 5  # not a blank canvas
     r = invoke("replay", out, "d001_f002_r00003")
     assert r.exit_code == 1 and "injected failure" in r.output and "matches the stored result: yes" in r.output

@@ -12,7 +12,7 @@ from bayesim_hpc.resultdir import ResultDir
 
 from .studies.linear import make_config
 
-COLS = ["task_id", "status", "rmse__value", "bias__value", "coverage__mean", "coverage__by_param__slope"]
+COLS = ["task_id", "status", "rmse__slope", "bias__intercept", "cover90__intercept", "cover90__slope"]
 
 
 def _cfg(rdir, **kw):

@@ -11,7 +11,7 @@ from bayesim_hpc.storage import iter_segment_paths
 from .studies.linear import make_config
 
 QUIET = dict(progress=False, emit=lambda s: None)
-COLS = ["task_id", "status", "rmse__value", "bias__value", "coverage__mean"]
+COLS = ["task_id", "status", "rmse__slope", "bias__intercept", "cover90__sigma"]
 
 
 def _gen_other(spec, rng, ctx):

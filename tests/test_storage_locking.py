@@ -71,7 +71,7 @@ def test_damaged_shard_is_reported_and_rerun(rdir):
     lines = []
     again = run_simulation(cfg, progress=False, emit=lines.append).summary
     assert any("damaged segment" in line for line in lines)
-    cols = ["task_id", "rmse__value", "bias__value", "coverage__mean"]
+    cols = ["task_id", "rmse__slope", "bias__intercept", "cover90__sigma"]
     assert again[cols].equals(first[cols])
 
 
