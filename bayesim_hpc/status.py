@@ -60,10 +60,11 @@ class StudyStatus:
 
     def render(self, max_rows: int = 20) -> str:
         """A plain-text report for the terminal."""
-        pct = 100.0 * (self.n_success + self.n_failed) / max(1, self.n_tasks)
+        total = max(1, self.n_tasks)
         lines = [f"study {self.path}",
-                 f"  tasks: {self.n_tasks}  done: {self.n_success}  failed: {self.n_failed}  "
-                 f"pending: {self.n_missing}  ({pct:.1f} % finished)  warnings: {self.n_warnings}"]
+                 f"  tasks: {self.n_tasks}  succeeded: {self.n_success} ({100.0 * self.n_success / total:.1f} %)  "
+                 f"failed: {self.n_failed} ({100.0 * self.n_failed / total:.1f} %)  pending: {self.n_missing}  "
+                 f"warnings: {self.n_warnings}"]
         if self.driver:
             lines.append(f"  driver: {self.driver}")
         elif self.driver_note:
@@ -84,9 +85,9 @@ class StudyStatus:
             lines.append(f"  FOREIGN segment {c['segment']}: {c['error']} (not counted; `bayesim-hpc clean` quarantines it)")
         for c in self.unreadable:
             lines.append(f"  UNREADABLE segment {c['segment']}: {c['error']} (not counted now; kept)")
-        lines.append("  per cell (data x fit): done / failed / pending")
+        lines.append("  per cell: succeeded / failed / pending   grid values (data | fit)")
         for c in self.cells[:max_rows]:
-            lines.append(f"    {c['cell']:<28} {c['done']:>6} / {c['failed']:>5} / {c['pending']:>6}")
+            lines.append(f"    {c['cell']:<12} {c['done']:>6} / {c['failed']:>5} / {c['pending']:>6}   {c['label']}")
         if len(self.cells) > max_rows:
             lines.append(f"    ... {len(self.cells) - max_rows} more cells (--json for all)")
         unfinished = [s for s in self.shards if s["missing"] or s["state"] not in ("COMPLETED", "PENDING")]
@@ -96,13 +97,35 @@ class StudyStatus:
             jobs = f" job {s['job_ids'][-1]}" if s.get("job_ids") else ""
             lines.append(f"    shard {s['shard']:>5}: {s['state']:<11} {s['missing']:>5} missing, {s['failed']:>4} failed, "
                          f"attempts {s['attempts']}{jobs}{why}")
+            if s.get("logs"):
+                lines.append(f"                 logs: {', '.join(s['logs'])}")
         if self.failures:
             lines.append("  failures (first of each kind):")
             for f in self.failures[:max_rows]:
                 lines.append(f"    {f['task_id']}: {f['count']} x {f['error_type']} in {f['stage']}: {f['message']}")
-        if not self.complete:
+            lines.append(f"    see one with its traceback: bayesim-hpc replay {self.path} {self.failures[0]['task_id']}")
+        if self.driver and self.n_missing:
+            lines.append("  a driver is working on it: check again later (resume would be refused while it runs)")
+        elif self.n_missing:
             lines.append(f"  to finish: bayesim-hpc resume {self.path}")
+        elif self.n_failed:
+            lines.append(f"  every task ran; resume re-runs the failed ones (bayesim-hpc resume {self.path}): that helps "
+                         "when the cause was outside the code; a bug needs the code fixed first")
         return "\n".join(lines)
+
+
+_QUIET_STATES = ("COMPLETED", "PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING")
+
+
+def _log_files(rd: ResultDir, shard_id: int, entry: dict[str, Any]) -> list[str]:
+    """The log files of a shard's elements (local/mock: logs/sNNNNN.aNNN.log; Slurm: by job id)."""
+    if not rd.logs.is_dir():
+        return []
+    found = sorted(rd.logs.glob(f"s{shard_id:05d}.a*.log"))
+    job = (entry.get("job_ids") or [None])[-1]
+    if job and not str(job).startswith("local-"):
+        found += sorted(p for p in rd.logs.rglob(f"{job}_*") if p.is_file())
+    return [str(p.relative_to(rd.path)) for p in found[-4:]]
 
 
 def _failures(rd: ResultDir, win: Any, state: np.ndarray) -> list[dict[str, Any]]:
@@ -142,8 +165,11 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
     cells = []
     for k in range(n_cells):
         d, f = (int(v) for v in space.cells[k])
-        label = f"d{d + 1:03d}_f{f + 1:03d}"
-        cells.append({"cell": label, "data": frozen.data_spec(d), "fit": frozen.fit_spec(f), "done": int(done[k]),
+        label = space.format_id(d, f, 0).rsplit("_", 1)[0]
+        data_spec, fit_spec = frozen.data_spec(d), frozen.fit_spec(f)
+        grid_values = (", ".join(f"{a}={b}" for a, b in data_spec.items()) + " | "
+                       + ", ".join(f"{a}={b}" for a, b in fit_spec.items()))
+        cells.append({"cell": label, "label": grid_values, "data": data_spec, "fit": fit_spec, "done": int(done[k]),
                       "failed": int(failed[k]), "pending": int(n_rep - done[k] - failed[k])})
     manifest = Manifest(rd).read()
     mshards = manifest.get("shards", {})
@@ -172,7 +198,8 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
         shards.append({"shard": sh.shard_id, "tasks": sh.n_tasks, "done": int(np.count_nonzero(st == 1)),
                        "failed": int(np.count_nonzero(st == 2)), "missing": missing, "state": state,
                        "reason": entry.get("reason", ""), "attempts": int(entry.get("attempts", 0)),
-                       "job_ids": entry.get("job_ids", [])})
+                       "job_ids": list(dict.fromkeys(entry.get("job_ids", []))),
+                       "logs": _log_files(rd, sh.shard_id, entry) if state not in _QUIET_STATES else []})
         try:
             pr = json.loads((shard_dir(rd.path, sh.shard_id) / "progress.json").read_text())
             if last and pr.get("time", 0) >= last.get("started", 0):

@@ -43,7 +43,7 @@ def test_run_status_report_replay_clean(study_file, tmp_path):
     assert "1 failed" in r.output and f"bayesim-hpc resume {out}" in r.output
     r = invoke("status", out)
     assert r.exit_code == EXIT_INCOMPLETE
-    assert "done: 59  failed: 1  pending: 0" in r.output
+    assert "succeeded: 59 (98.3 %)  failed: 1 (1.7 %)  pending: 0" in r.output
     assert "d001_f002" in r.output and "RuntimeError in fit" in r.output
     st = json.loads(invoke("status", out, "--json").output)
     assert st["n_success"] == 59 and len(st["cells"]) == 4 and len(st["shards"]) >= 1
@@ -122,3 +122,23 @@ def test_subprocess_run_relays_worker_warnings_and_resume(study_file, tmp_path):
     p = subprocess.run([sys.executable, "-m", "bayesim_hpc.cli", "status", str(out), "--json"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert json.loads(p.stdout)["n_warnings"] == 59  # the failing task raises before it warns
+
+
+def test_status_tells_the_truth_about_failures_and_shows_grid_values(tmp_path):
+    """An all-failed study is not '100 % finished'; cells show their grid values; the advice fits."""
+    from bayesim_hpc import run_simulation
+    from bayesim_hpc.status import study_status
+
+    from .studies.linear import make_config
+
+    def broken(spec, rng, ctx):
+        raise ValueError("no data today")
+
+    cfg = make_config(data_generator=broken, data_grid={"n": [10, 20], "sigma": [1.0]}, n_replicates=3,
+                      result_path=tmp_path / "r", stop_on_systematic_failure=None)
+    run_simulation(cfg, progress=False, emit=lambda s: None)
+    text = study_status(tmp_path / "r").render()
+    assert "succeeded: 0 (0.0 %)  failed: 6 (100.0 %)  pending: 0" in text
+    assert "finished" not in text and "to finish" not in text
+    assert "d002_f001         0 /     3 /      0   n=20, sigma=1.0 | model=linear" in text
+    assert f"bayesim-hpc replay {tmp_path / 'r'} d001_f001_r00001" in text
