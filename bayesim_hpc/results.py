@@ -100,6 +100,30 @@ class SimulationResult:
 
         return compare(self, reference=reference)
 
+    def select(self, table: str = "summary", **grid_values: Any) -> pd.DataFrame:
+        """Rows of ``summary`` (or ``cells``) whose grid values match, by grid column name.
+
+        A name is looked up as ``data_<name>`` or ``fit_<name>`` (or give the prefixed name);
+        a value may be a list of values to accept.
+
+        >>> res.select(n=50, model="t")                       # doctest: +SKIP
+        >>> res.select("cells", n=[50, 100])                  # doctest: +SKIP
+        """
+        if table not in ("summary", "cells"):
+            raise ValueError(f"table={table!r}: use 'summary' or 'cells'")
+        frame = self.summary if table == "summary" else self.cells
+        mask = pd.Series(True, index=frame.index)
+        for name, value in grid_values.items():
+            cols = [c for c in (name, f"data_{name}", f"fit_{name}") if c in frame.columns]
+            if not cols:
+                grid = sorted(c for c in frame.columns if c.startswith(("data_", "fit_")) and c not in ("data_idx", "fit_idx"))
+                raise KeyError(f"no grid column {name!r}; the grid columns are: {', '.join(grid)}")
+            if len(cols) > 1 and cols[0] != name:
+                raise KeyError(f"{name!r} is a column of both grids: say {cols[1]!r} or {cols[2]!r}")
+            accepted = value if isinstance(value, (list, tuple, set)) else [value]
+            mask &= frame[cols[0]].isin(list(accepted))
+        return frame[mask]
+
     @cached_property
     def task_results(self) -> TaskResults:
         return TaskResults(self)
