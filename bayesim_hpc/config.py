@@ -275,6 +275,14 @@ def simulation_config(
         raise ConfigError("metrics", metrics, "is empty", "give at least one metric, e.g. [rmse_metric()]")
     names: list[str] = []
     for i, m in enumerate(metrics):
+        if isinstance(m, str):
+            from . import metrics as builtin
+
+            factory = f"{m.lower().removesuffix('_metric')}_metric"
+            known = sorted(n for n in dir(builtin) if n.endswith("_metric") and not n.startswith("_"))
+            fix = (f"pass the metric object: metrics=[{factory}()] (from bayesim_hpc import {factory})"
+                   if factory in known else f"pass metric objects, e.g. {', '.join(f'{k}()' for k in known)}")
+            raise ConfigError(f"metrics[{i}]", m, "is a name, not a metric", fix)
         if callable(m) and not hasattr(m, "compute"):
             raise ConfigError(f"metrics[{i}]", m, "is a function, not a metric object",
                               "call the factory: rmse_metric() rather than rmse_metric")

@@ -34,6 +34,7 @@ from .executors.base import ProgressLine, RunContext, RunOutcome, default_shard_
 from .locking import DirLock
 from .manifest import Manifest, scan_progress
 from .reduce import reduce_results
+from .relay import FoldingEmit
 from .resultdir import ResultDir, check_trusted, runtime_settings
 from .results import SimulationResult
 from .storage import StorageFullError
@@ -307,8 +308,9 @@ def _drive(config: Study, rd: ResultDir, ex: Any, lock: DirLock, tmp: Any,
         if todo:
             emit(f"bayesim-hpc: {config.n_tasks} tasks in {len(rd.read_frozen().shards)} shards; "
                  f"{config.n_tasks - done0} to run in {len(todo)} shard(s) on executor '{ex.name}' ({rd.path})")
+        folded = FoldingEmit(emit)  # warnings and failures of all workers, folded by kind
         ctx = RunContext(rd=rd, study=config, manifest=manifest, shard_ids=todo, retry_failed=retry_failed,
-                         emit=emit, progress=bar, run_id=run_id, max_attempts=max_attempts,
+                         emit=folded, progress=bar, run_id=run_id, max_attempts=max_attempts,
                          failed_before=0 if retry_failed else prog.n_failed)
         try:
             with _interrupt_once():
@@ -322,6 +324,7 @@ def _drive(config: Study, rd: ResultDir, ex: Any, lock: DirLock, tmp: Any,
                 f"interrupted: {kept.n_success} succeeded and {kept.n_failed} failed task(s) of {config.n_tasks} "
                 f"are kept in {rd.path}; {where}finish with: bayesim-hpc resume {rd.path}") from None
         bar.close()
+        folded.close()
         manifest.update(lambda d: d["runs"][-1].update(ended=time.time(), completed=len(outcome.completed),
                                                         unfinished=len(outcome.unfinished), detached=outcome.detached))
         if outcome.dry_run:

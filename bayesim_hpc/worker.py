@@ -23,12 +23,10 @@ if __name__ == "__main__":
 import argparse
 import json
 import os
-import re
 import resource
 import socket
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -84,27 +82,6 @@ class ShardOutcome:
         return EXIT_STOPPED if self.stopped else EXIT_DONE
 
 
-_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
-
-
-class _WarningRelay:
-    """Prints a kind of warning (or failure) the first few times it is seen, then only counts it.
-
-    The kind is the message with its numbers masked, so "3 divergent transitions" and
-    "12 divergent transitions" fold together.
-    """
-
-    def __init__(self, emit: Callable[[str], None], show: int = 3, label: str = "WARNING"):
-        self.emit, self.show, self.label, self.counts = emit, show, label, Counter()
-
-    def __call__(self, task_id: str, message: str) -> None:
-        kind = _NUMBER.sub("#", message)
-        self.counts[kind] += 1
-        n = self.counts[kind]
-        if n <= self.show:
-            self.emit(f"[{task_id}] {self.label} {message}")
-        elif n in (10, 100, 1000, 10000, 100000):
-            self.emit(f"[{task_id}] {self.label} (this kind seen {n} times in shard) {message}")
 
 
 class _SystematicFailure:
@@ -193,8 +170,6 @@ def run_shard(
     indices = space.shard_indices(shard)
     todo = [int(i) for i in indices if prog.state[i] == 0 or (retry_failed and prog.state[i] == 2)]
     out = ShardOutcome(shard_id, attempt, 0, 0, 0, len(indices) - len(todo))
-    relay = _WarningRelay(emit)
-    failures = _WarningRelay(emit, label="FAILED")
     buffer: list[TaskRecord] = []
     seq = _next_seq(rd, shard_id, attempt)
     last_flush = time.monotonic()
@@ -259,9 +234,9 @@ def run_shard(
             else:
                 out.n_failed += 1
                 first_line = rec.error_message.splitlines()[0] if rec.error_message else ""
-                failures(rec.task_id, f"in {rec.error_stage}: {rec.error_type}: {first_line}")
-            for w in rec.warnings:
-                relay(rec.task_id, w)
+                emit(f"[{rec.task_id}] FAILED in {rec.error_stage}: {rec.error_type}: {first_line}")
+            for w in rec.warnings:  # every one: the driver folds repeats across workers (relay.FoldingEmit)
+                emit(f"[{rec.task_id}] WARNING {w}")
             now = time.monotonic()
             if len(buffer) >= study.flush_every or now - last_flush >= flush_seconds:
                 flush()
