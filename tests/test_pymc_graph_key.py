@@ -73,6 +73,15 @@ def test_a_scalar_constant_is_in_the_key_and_named():
     assert changed == ["2.5 -> 2500 in the graph of 'slope'"]
 
 
+def test_a_prior_changed_by_a_scalar_between_fit_rows_changes_the_key():
+    """Even where the fit_spec part of the key cannot see it (a sampler-only entry here)."""
+    rows = [{"model": "m", "tune": 100}, {"model": "m", "tune": 1000}]
+    keys = [_structure(_model(scale=row["tune"] / 100), row, ["intercept", "slope", "sigma"]) for row in rows]
+    assert keys[0][0][0] == keys[1][0][0]  # same fit_spec part: "tune" is a sampler setting
+    assert keys[0][0] != keys[1][0]
+    assert keys[1][1]["signature"].differing(keys[0][1]["signature"]) == ["1 -> 10 in the graph of 'slope'"]
+
+
 def test_other_likelihood_initval_and_shared_values_change_the_key():
     base = _key(_model())[0]
     assert _key(_model(likelihood="student"))[0] != base
