@@ -149,6 +149,9 @@ def test_scaled_prior_other_executors_match_inline(executor, inline_run, tmp_pat
                        emit=lines.append).summary
     pd.testing.assert_frame_equal(s[COLS].reset_index(drop=True), inline_run[1], check_exact=True)
     assert "matches the stored result: yes" in _replay(out, "d002_f001_r00001")
+    # the worker's notice reaches the driver's output, naming the constant
+    said = [line for line in lines if "only in the value of" in line]
+    assert len(said) == 1 and "cell d002_f001" in said[0] and "'slope'" in said[0]
 
 
 def _ctx(rep):
