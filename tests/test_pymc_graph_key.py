@@ -160,13 +160,13 @@ def _ctx(rep):
 
 
 @pytest.mark.slow
-def test_data_derived_scalar_between_replicates_of_one_cell(caplog):
+def test_data_derived_scalar_between_replicates_of_one_cell(caplog, tmp_path):
     """Replicates differ in std(y): each task samples with its own scale, with and without data=."""
     ds = [scaled_prior.generate({"unit": 1.0}, np.random.default_rng(s), None) for s in (1, 2)]
     kw = dict(draws=100, tune=100, chains=2)
     alone = PyMCFitter(scaled_prior.build_model, **kw).fit(ds[1], {}, 7, _ctx(1))
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        plain = PyMCFitter(scaled_prior.build_model, **kw)
+        plain = PyMCFitter(scaled_prior.build_model, model_cache=tmp_path / "models", **kw)
         with_data = PyMCFitter(scaled_prior.build_model, data=scaled_prior.model_data, **kw)
         for f in (plain, with_data):
             first = f.fit(ds[0], {}, 7, _ctx(0))
@@ -176,3 +176,6 @@ def test_data_derived_scalar_between_replicates_of_one_cell(caplog):
             assert not np.array_equal(first.draws["slope"], second.draws["slope"])
     said = [r.getMessage() for r in caplog.records if "only in the value of" in r.getMessage()]
     assert len(said) == 2 and all("cell d001_f001" in m and "'sigma'" in m for m in said)
+    # a model that differs from an earlier one only in constants is not written to disk:
+    # with a scale computed from every dataset that would be one file per task
+    assert len(list((tmp_path / "models").glob("model-*.pkl"))) == 1
