@@ -73,6 +73,15 @@ def test_a_scalar_constant_is_in_the_key_and_named():
     assert changed == ["2.5 -> 2500 in the graph of 'slope'"]
 
 
+def test_a_prior_changed_by_a_scalar_between_fit_rows_changes_the_key():
+    """Even where the fit_spec part of the key cannot see it (a sampler-only entry here)."""
+    rows = [{"model": "m", "tune": 100}, {"model": "m", "tune": 1000}]
+    keys = [_structure(_model(scale=row["tune"] / 100), row, ["intercept", "slope", "sigma"]) for row in rows]
+    assert keys[0][0][0] == keys[1][0][0]  # same fit_spec part: "tune" is a sampler setting
+    assert keys[0][0] != keys[1][0]
+    assert keys[1][1]["signature"].differing(keys[0][1]["signature"]) == ["1 -> 10 in the graph of 'slope'"]
+
+
 def test_other_likelihood_initval_and_shared_values_change_the_key():
     base = _key(_model())[0]
     assert _key(_model(likelihood="student"))[0] != base
@@ -140,6 +149,9 @@ def test_scaled_prior_other_executors_match_inline(executor, inline_run, tmp_pat
                        emit=lines.append).summary
     pd.testing.assert_frame_equal(s[COLS].reset_index(drop=True), inline_run[1], check_exact=True)
     assert "matches the stored result: yes" in _replay(out, "d002_f001_r00001")
+    # the worker's notice reaches the driver's output, naming the constant
+    said = [line for line in lines if "only in the value of" in line]
+    assert len(said) == 1 and "cell d002_f001" in said[0] and "'slope'" in said[0]
 
 
 def _ctx(rep):
@@ -148,13 +160,13 @@ def _ctx(rep):
 
 
 @pytest.mark.slow
-def test_data_derived_scalar_between_replicates_of_one_cell(caplog):
+def test_data_derived_scalar_between_replicates_of_one_cell(caplog, tmp_path):
     """Replicates differ in std(y): each task samples with its own scale, with and without data=."""
     ds = [scaled_prior.generate({"unit": 1.0}, np.random.default_rng(s), None) for s in (1, 2)]
     kw = dict(draws=100, tune=100, chains=2)
     alone = PyMCFitter(scaled_prior.build_model, **kw).fit(ds[1], {}, 7, _ctx(1))
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        plain = PyMCFitter(scaled_prior.build_model, **kw)
+        plain = PyMCFitter(scaled_prior.build_model, model_cache=tmp_path / "models", **kw)
         with_data = PyMCFitter(scaled_prior.build_model, data=scaled_prior.model_data, **kw)
         for f in (plain, with_data):
             first = f.fit(ds[0], {}, 7, _ctx(0))
@@ -164,3 +176,6 @@ def test_data_derived_scalar_between_replicates_of_one_cell(caplog):
             assert not np.array_equal(first.draws["slope"], second.draws["slope"])
     said = [r.getMessage() for r in caplog.records if "only in the value of" in r.getMessage()]
     assert len(said) == 2 and all("cell d001_f001" in m and "'sigma'" in m for m in said)
+    # a model that differs from an earlier one only in constants is not written to disk:
+    # with a scale computed from every dataset that would be one file per task
+    assert len(list((tmp_path / "models").glob("model-*.pkl"))) == 1

@@ -90,11 +90,13 @@ class CompiledModels:
         compiled = self.get(key)
         if compiled is not None:
             return compiled
-        self._note_constants(desc, ctx)
+        churn = self._note_constants(desc, ctx)
         t0 = time.perf_counter()
         disk = self.disk()
         if disk is not None:
-            compiled, loaded = disk.get_or_compile(model, var_names, key)
+            # a model that differs from an earlier one only in constants is not saved: with a
+            # value computed from each dataset, that would be a file per task
+            compiled, loaded = disk.get_or_compile(model, var_names, key, save=not churn)
         else:
             compiled, loaded = nutpie.compile_pymc_model(model, var_names=var_names), False
         seconds = time.perf_counter() - t0
@@ -127,8 +129,8 @@ class CompiledModels:
             self._disk = ModelDiskCache(directory)
         return self._disk
 
-    def _note_constants(self, desc: dict, ctx: TaskContext | None) -> None:
-        """Before a compile: if only constants differ from a model compiled before, say which."""
+    def _note_constants(self, desc: dict, ctx: TaskContext | None) -> bool:
+        """Before a compile: if only constants differ from a model compiled before, say which (True)."""
         sig = desc["signature"]
         skeleton = desc["skeleton"]
         before = self.skeletons.get(skeleton)
@@ -137,7 +139,7 @@ class CompiledModels:
         while len(self.skeletons) > _MAX_SKELETONS:
             self.skeletons.popitem(last=False)
         if before is None or before.digest == sig.digest:
-            return
+            return False
         changed = sig.differing(before)
         shown = "; ".join(changed[:5]) + (f"; ... {len(changed) - 5} more" if len(changed) > 5 else "")
         self.say(
@@ -149,3 +151,4 @@ class CompiledModels:
             "model serves every task.",
             cell_name(ctx), len(changed), shown,
         )
+        return True

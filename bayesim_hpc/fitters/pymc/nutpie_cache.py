@@ -205,8 +205,13 @@ class ModelDiskCache:
         digest.update(repr(structure_key).encode())
         return os.path.join(self.directory, f"model-{digest.hexdigest()[:40]}.pkl")
 
-    def get_or_compile(self, model, var_names: list[str], structure_key: Any) -> tuple[Any, bool]:
-        """(compiled model, loaded from disk?). Never raises for the cache's own problems."""
+    def get_or_compile(self, model, var_names: list[str], structure_key: Any, save: bool = True) -> tuple[Any, bool]:
+        """(compiled model, loaded from disk?). Never raises for the cache's own problems.
+
+        ``save=False``: a model compiled here is not written (one not likely to be asked for
+        again, e.g. with a constant that changes every dataset: a file per task would fill
+        the disk).
+        """
         if not self.usable():
             import nutpie
 
@@ -220,6 +225,10 @@ class ModelDiskCache:
             except Exception as exc:
                 _warn_once("load", "PyMCFitter: could not load the cached model %s (%s: %s); compiling instead "
                            "(said once per process)", path, type(exc).__name__, str(exc)[:200])
+        if not save:
+            import nutpie
+
+            return nutpie.compile_pymc_model(model, var_names=var_names), False
         compiled, results = _compile_capturing(model, var_names)
         try:
             self._save(path, compiled, results)
