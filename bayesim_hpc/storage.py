@@ -356,7 +356,7 @@ def write_segment(
     strings = {c: [sanitize(getattr(r, c)) for r in records] for c in STR_COLS}
     names = sorted({k for r in records for k in r.columns})
     numbers = {n: np.array([r.columns.get(n, np.nan) for r in records], dtype=np.float64) for n in names}
-    with h5py.File(final.name, "w", driver="core", backing_store=False, locking=False) as f:
+    with h5py.File(final.name, "w", driver="core", backing_store=False, block_size=1 << 22, locking=False) as f:
         f.attrs.update(format=FORMAT, shard_id=shard_id, attempt=attempt, seq=seq, n_rows=len(records),
                        host=sanitize(socket.gethostname()), pid=os.getpid(), created=time.time(),
                        rows_sha256=_rows_digest(index, attempts, strings, numbers),
