@@ -107,6 +107,9 @@ class NewerFormatError(BayesimError):
 class StorageFullError(BayesimError, OSError):
     """A write failed for lack of space (or quota); the message names the directory."""
 
+    def __str__(self) -> str:
+        return str(self.strerror or super().__str__())
+
 
 #: errnos that say "the storage failed", not "the file is damaged"
 _IO_ERRNOS = {errno.EIO, errno.EAGAIN, errno.ESTALE, errno.ETIMEDOUT, errno.EACCES, errno.EPERM, errno.ENOENT,
