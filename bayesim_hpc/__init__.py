@@ -29,6 +29,8 @@ _WHERE = {
     "list_checkpoints": "checkpoints", "clean_old_checkpoints": "checkpoints", "estimate_size": "checkpoints",
     "BayesimError": "errors", "ConfigError": "errors", "StudyChangedError": "errors",
     "DriverLockedError": "errors", "ErrorBudgetExceeded": "errors", "TaskError": "errors",
+    "LockLostError": "errors", "DriverStopped": "errors", "StorageFullError": "storage",
+    "UntrustedResultDir": "resultdir",
 }
 
 __all__ = sorted(_WHERE)

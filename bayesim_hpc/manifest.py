@@ -50,8 +50,10 @@ class Manifest:
         self.lock_timeout = lock_timeout
         self.guard = guard
 
-    def read(self) -> dict[str, Any]:
-        """The manifest; a damaged one (truncated, not JSON) reads as empty (see :meth:`_damaged`)."""
+    def read(self, repair: bool = False) -> dict[str, Any]:
+        """The manifest. A damaged one (truncated, not JSON) reads as empty; with ``repair``
+        (what :meth:`update` does before it writes) it is first moved aside, see :meth:`_damaged`.
+        Readers such as ``status`` never change the directory."""
         try:
             text = self.rd.manifest.read_text()
         except FileNotFoundError:
@@ -61,26 +63,25 @@ class Manifest:
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
         except ValueError as exc:  # JSONDecodeError is a ValueError
-            return self._damaged(exc)
+            if repair:
+                self._damaged(exc)
+            return _empty()
         for key, default in _empty().items():
             data.setdefault(key, default)
         return data
 
-    def _damaged(self, exc: Exception) -> dict[str, Any]:
-        """Move a damaged manifest aside (``manifest.json.damaged-<time>``) and start a fresh one.
+    def _damaged(self, exc: Exception) -> None:
+        """Move a damaged manifest aside (``manifest.json.damaged-<time>-<random>``).
 
         The segments are the truth: what is done is recomputed from them; only job ids and
         the run history of the damaged file are lost (and kept in the moved-aside copy)."""
         aside = self.rd.path / f"manifest.json.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         try:
             os.replace(self.rd.manifest, aside)
-            print(f"bayesim-hpc: {self.rd.manifest} was damaged ({exc}); moved aside to {aside.name} and "
-                  "rebuilt (progress comes from the shard segments)", file=sys.stderr, flush=True)
         except FileNotFoundError:
-            pass
-        except OSError:  # read-only directory (e.g. status of someone else's study): just read it as empty
-            pass
-        return _empty()
+            return
+        print(f"bayesim-hpc: {self.rd.manifest} was damaged ({exc}); moved aside to {aside.name} and rebuilt "
+              "(progress comes from the shard segments)", file=sys.stderr, flush=True)
 
     def update(self, fn: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
         """Read, apply ``fn`` (which mutates the dict), write back atomically, under the lock."""
@@ -90,7 +91,7 @@ class Manifest:
         lock = DirLock(self.rd.manifest_lock, purpose="manifest", heartbeat=False, stale_after=20)
         lock.acquire(timeout=self.lock_timeout)
         try:
-            data = self.read()
+            data = self.read(repair=True)
             fn(data)
             data["updated"] = time.time()
             atomic_write_text(self.rd.manifest, json.dumps(data, indent=1))

@@ -107,6 +107,9 @@ class NewerFormatError(BayesimError):
 class StorageFullError(BayesimError, OSError):
     """A write failed for lack of space (or quota); the message names the directory."""
 
+    def __str__(self) -> str:
+        return str(self.strerror or super().__str__())
+
 
 #: errnos that say "the storage failed", not "the file is damaged"
 _IO_ERRNOS = {errno.EIO, errno.EAGAIN, errno.ESTALE, errno.ETIMEDOUT, errno.EACCES, errno.EPERM, errno.ENOENT,
@@ -356,7 +359,7 @@ def write_segment(
     strings = {c: [sanitize(getattr(r, c)) for r in records] for c in STR_COLS}
     names = sorted({k for r in records for k in r.columns})
     numbers = {n: np.array([r.columns.get(n, np.nan) for r in records], dtype=np.float64) for n in names}
-    with h5py.File(final.name, "w", driver="core", backing_store=False, locking=False) as f:
+    with h5py.File(final.name, "w", driver="core", backing_store=False, block_size=1 << 22, locking=False) as f:
         f.attrs.update(format=FORMAT, shard_id=shard_id, attempt=attempt, seq=seq, n_rows=len(records),
                        host=sanitize(socket.gethostname()), pid=os.getpid(), created=time.time(),
                        rows_sha256=_rows_digest(index, attempts, strings, numbers),

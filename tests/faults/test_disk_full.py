@@ -107,3 +107,28 @@ def test_log_reader_survives_a_full_disk():
     while not ex._events.empty():
         events.append(ex._events.get_nowait())
     assert len(events) == 1001 and events[-1][0] == "done"
+
+
+def test_reducer_on_a_full_disk_keeps_the_old_summary(small_fs):
+    """The reducer runs out of space: a clear error, no temp file, the previous summary intact."""
+    from bayesim_hpc import reduce_results
+    from bayesim_hpc.storage import StorageFullError
+
+    rdir = small_fs / "r"
+    run_simulation(drill_config(rdir, n_tasks=200, shard_size=50), "inline", **QUIET)
+    before = (rdir / "summary.h5").read_bytes()
+    filler = small_fs / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # take every byte that is left
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    with pytest.raises(StorageFullError, match=f"no space left .* writing to {rdir}"):
+        reduce_results(rdir)
+    assert not _temp_files(rdir)
+    assert (rdir / "summary.h5").read_bytes() == before
+    filler.unlink()
+    assert reduce_results(rdir).n_missing == 0

@@ -28,10 +28,11 @@ def test_truncated_manifest_is_moved_aside_and_rebuilt(rdir):
     text = (rdir / "manifest.json").read_text()
     (rdir / "manifest.json").write_text(text[: len(text) // 2])
     assert study_status(rdir).complete
-    assert len(list(rdir.glob("manifest.json.damaged-*"))) == 1
-    (rdir / "manifest.json").write_text("{\"shards\": {")
+    assert not list(rdir.glob("manifest.json.damaged-*"))  # status only reads
     r = CliRunner().invoke(main, ["resume", str(rdir), "-e", "inline", "--no-progress"])
     assert r.exit_code == 0, r.output
+    assert len(list(rdir.glob("manifest.json.damaged-*"))) == 1
+    (rdir / "manifest.json").write_text("{\"shards\": {")
     assert run_simulation(cfg, **QUIET).reduce_outcome.n_missing == 0
 
 
