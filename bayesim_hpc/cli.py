@@ -120,6 +120,9 @@ def _finish_code(result: Any) -> int:
 @click.version_option(package_name="bayesim-hpc")
 def main(debug: bool) -> None:
     """Run Bayesian simulation studies on laptops and Slurm clusters, durably."""
+    from . import runner
+
+    runner.IGNORE_SIGINT_AFTER_INTERRUPT = True  # this process reports and exits after a Ctrl-C
     # as `python -m` would: modules a study refers to (e.g. mypkg.generators) import from here
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())

@@ -394,6 +394,11 @@ def _systematic_failure(rd: ResultDir, red: Any, max_errors: int | None) -> str 
             "(Python: keep_going=True, or stop_on_systematic_failure=None in simulation_config).")
 
 
+#: After a Ctrl-C, keep SIGINT ignored (the command line sets this: it is about to report and
+#: exit, and a second Ctrl-C must not break that). In Python sessions the handler is restored.
+IGNORE_SIGINT_AFTER_INTERRUPT = False
+
+
 @contextlib.contextmanager
 def _interrupt_once() -> Iterator[None]:
     """Ctrl-C raises KeyboardInterrupt once; a second one while the first is being cleaned up
@@ -402,15 +407,19 @@ def _interrupt_once() -> Iterator[None]:
         yield
         return
 
+    hit = []
+
     def first(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        hit.append(signum)
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, first)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if not hit or not IGNORE_SIGINT_AFTER_INTERRUPT:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _os_pid() -> int:
