@@ -4,6 +4,9 @@
 #   bash scripts/docker-check.sh        # from anywhere in the checkout; root on Debian/Ubuntu,
 #                                       # or any user who may use an already running Docker engine
 #
+# Written for Linux hosts (apt-get, debootstrap); on macOS/Windows use the `docker build`/`docker run`
+# commands of docker/README.md directly.
+#
 # 1. Docker: installs docker.io with apt-get if there is no engine, and starts dockerd if none answers
 #    (that dockerd is stopped again at the end, unless DOCKER_CHECK_KEEP_DAEMON=1).
 # 2. Base image debian:12: when it is missing and cannot be pulled (no registry reachable), it is made
@@ -128,9 +131,13 @@ apt_uris() {  # every URI in apt's sources
   done | tr ' ' '\n' | sed 's:/*$::'
 }
 
+pull_base() {
+  if command -v timeout >/dev/null; then timeout 120 "$DOCKER" pull -q "$BASE"; else "$DOCKER" pull -q "$BASE"; fi
+}
+
 make_base() {
   if "$DOCKER" image inspect "$BASE" >/dev/null 2>&1; then log "base image $BASE present"; return 0; fi
-  if timeout 120 "$DOCKER" pull -q "$BASE" >/dev/null 2>&1; then log "pulled $BASE"; return 0; fi
+  if pull_base >/dev/null 2>&1; then log "pulled $BASE"; return 0; fi
   log "cannot pull $BASE: making it with debootstrap"
   command -v debootstrap >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y --no-install-recommends debootstrap >/dev/null || die "apt-get install debootstrap failed"
@@ -178,9 +185,14 @@ build_image() {
     [ -s "$PIPCONF" ] || die "DOCKER_CHECK_PIPCONF=$PIPCONF: no such file"
     args+=(--secret "id=pipconf,src=$PIPCONF"); log "build secret pipconf: $PIPCONF"
   fi
+  local old new
+  old=$("$DOCKER" image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)
   log "docker ${args[*]} ."
   DOCKER_BUILDKIT=1 "$DOCKER" "${args[@]}" . 2>&1 | sed -u 's/^/  | /' | grep --line-buffered -vE '^  \| #[0-9]+ (sha256|extracting|transferring)' \
     || die "docker build failed"
+  new=$("$DOCKER" image inspect -f '{{.Id}}' "$IMAGE")
+  # the previous build of this tag is now untagged: remove it (and the layers only it used)
+  if [ -n "$old" ] && [ "$old" != "$new" ]; then "$DOCKER" rmi "$old" >/dev/null 2>&1 || true; fi
   log "image $IMAGE: $("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
 }
 
