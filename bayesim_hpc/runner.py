@@ -313,13 +313,14 @@ def _drive(config: Study, rd: ResultDir, ex: Any, lock: DirLock, tmp: Any,
                          emit=folded, progress=bar, run_id=run_id, max_attempts=max_attempts,
                          failed_before=0 if retry_failed else prog.n_failed)
         try:
-            with _interrupt_once():
+            with _interrupt_once() as restore_sigint:
                 outcome = ex.run(ctx) if todo else RunOutcome()
         except KeyboardInterrupt:
             bar.close()
             manifest.update(lambda d: d["runs"][-1].update(ended=time.time(), interrupted="SIGINT"))
             kept = scan_progress(rd, config.n_tasks)
             where = ("the jobs already submitted keep running; " if ex.name == "slurm" else "")
+            restore_sigint()
             raise Interrupted(
                 f"interrupted: {kept.n_success} succeeded and {kept.n_failed} failed task(s) of {config.n_tasks} "
                 f"are kept in {rd.path}; {where}finish with: bayesim-hpc resume {rd.path}") from None
@@ -395,22 +396,32 @@ def _systematic_failure(rd: ResultDir, red: Any, max_errors: int | None) -> str 
 
 
 @contextlib.contextmanager
-def _interrupt_once() -> Iterator[None]:
+def _interrupt_once() -> Iterator[Callable[[], None]]:
     """Ctrl-C raises KeyboardInterrupt once; a second one while the first is being cleaned up
-    (workers stopped, segments flushed) is ignored instead of breaking the clean-up."""
+    (workers stopped, segments flushed, manifest written) is ignored instead of breaking the
+    clean-up. After a Ctrl-C the previous handler comes back only when the caller calls the
+    function this yields (just before it raises ``Interrupted``): workers that end quickly
+    must not leave a window where a second Ctrl-C kills the driver mid-clean-up."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield lambda: None
         return
+    fired: list[bool] = []
 
     def first(signum: int, frame: Any) -> None:
+        fired.append(True)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, first)
-    try:
-        yield
-    finally:
+
+    def restore() -> None:
         signal.signal(signal.SIGINT, previous)
+
+    try:
+        yield restore
+    finally:
+        if not fired:
+            restore()
 
 
 def _os_pid() -> int:
