@@ -17,9 +17,7 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import numbers
 import re
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError
+from .fingerprint import fingerprint_parts
 from .grid import TaskSpace, expand_grid
 from .retention import resolve_retention
 
@@ -58,9 +57,12 @@ class Study:
     max_errors: int | None = None
     task_grid: pd.DataFrame | None = None
     shard_size: int | None = None
+    stop_on_systematic_failure: int | None = 10
     draws_dtype: str = "float64"
     compression: str | None = None
     study_file: str | None = field(default=None, compare=False)
+    #: the result directory this study was read back from (``ResultDir.load_study``), else None
+    frozen_in: str | None = field(default=None, compare=False, repr=False)
 
     @cached_property
     def space(self) -> TaskSpace:
@@ -76,23 +78,38 @@ class Study:
         return min(self.chunk_size, self.checkpoint_every)
 
     @cached_property
-    def _specs(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        return ([_plain_row(self.data_grid, i) for i in range(len(self.data_grid))],
-                [_plain_row(self.fit_grid, i) for i in range(len(self.fit_grid))])
+    def _columns(self) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+        """Each grid column as a list of plain Python values (``tolist`` keeps each column's type)."""
+        return _plain_columns(self.data_grid), _plain_columns(self.fit_grid)
 
     def data_spec(self, d: int) -> dict[str, Any]:
-        """Row ``d`` of the data grid as a plain dict (a copy: generators may change it)."""
-        return dict(self._specs[0][d])
+        """Row ``d`` (0-based) of the data grid as a new plain dict; each value keeps its column's
+        type: an int column gives Python ``int``, a float column ``float``, and so on.
+
+        >>> from bayesim_hpc import MockFitter, bias_metric
+        >>> simulation_config(data_grid={"n": [50], "sigma": [0.5]}, fit_grid={"m": ["a"]},
+        ...     data_generator=lambda s, r, c: None, fitter=MockFitter(), metrics=[bias_metric()],
+        ...     seed=1).data_spec(0)
+        {'n': 50, 'sigma': 0.5}
+        """
+        return {k: v[d] for k, v in self._columns[0].items()}
 
     def fit_spec(self, f: int) -> dict[str, Any]:
-        return dict(self._specs[1][f])
+        """Row ``f`` (0-based) of the fit grid as a new plain dict, types kept as in :meth:`data_spec`."""
+        return {k: v[f] for k, v in self._columns[1].items()}
+
+    def cell_label(self, d: int, f: int) -> str:
+        """A cell's grid values, as a person reads them: ``n=50, sigma=0.5 | model=linear``."""
+        data = ", ".join(f"{k}={v}" for k, v in self.data_spec(d).items())
+        fit = ", ".join(f"{k}={v}" for k, v in self.fit_spec(f).items())
+        return f"{data} | {fit}"
 
     def metric_kinds(self) -> dict[str, str]:
         return {m.name: getattr(m, "kind", "mean") for m in self.metrics}
 
     def replace(self, **changes: Any) -> "Study":
         """A copy with some fields changed, validated again."""
-        current = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        current = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "frozen_in"}
         current["retain"] = list(current["retain"])
         current["metrics"] = list(current["metrics"])
         current.update(changes)
@@ -105,8 +122,13 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def _plain_row(df: pd.DataFrame, i: int) -> dict[str, Any]:
-    return {str(k): _plain(v) for k, v in df.iloc[int(i)].items()}
+def _plain_columns(df: pd.DataFrame) -> dict[str, list[Any]]:
+    """Column-wise, never row-wise: ``df.iloc[i]`` of mixed int/float columns is one float Series."""
+    out = {}
+    for col in df.columns:
+        values = df[col].tolist()  # numeric and bool columns come back as Python int/float/bool
+        out[str(col)] = [_plain(v) for v in values] if df[col].dtype == object else values
+    return out
 
 
 # --- validation ------------------------------------------------------------------------
@@ -203,6 +225,7 @@ def simulation_config(
     max_errors: int | None = None,
     task_grid: pd.DataFrame | None = None,
     shard_size: int | None = None,
+    stop_on_systematic_failure: int | None = 10,
     draws_dtype: str = "float64",
     compression: str | None = None,
     study_file: str | None = None,
@@ -225,6 +248,11 @@ def simulation_config(
         task_grid: optional DataFrame of 1-based ``data_idx``/``fit_idx`` pairs to run
             instead of the full cross.
         shard_size: tasks per worker shard (None: chosen by the executor at first run).
+        stop_on_systematic_failure: stop the study when the first this-many tasks a worker runs
+            (or every task of a shard) all fail with the same error type in the same stage
+            before any task of the shard succeeded: a bug in the generator, fitter or metrics,
+            not bad luck. None never stops early; ``bayesim-hpc run --keep-going`` sets None
+            for one run.
         draws_dtype: ``"float64"`` or ``"float32"`` for retained draws and predictions.
         compression: ``None``, ``"gzip"`` or ``"lzf"`` for retained heavy artifacts.
     """
@@ -247,6 +275,14 @@ def simulation_config(
         raise ConfigError("metrics", metrics, "is empty", "give at least one metric, e.g. [rmse_metric()]")
     names: list[str] = []
     for i, m in enumerate(metrics):
+        if isinstance(m, str):
+            from . import metrics as builtin
+
+            factory = f"{m.lower().removesuffix('_metric')}_metric"
+            known = sorted(n for n in dir(builtin) if n.endswith("_metric") and not n.startswith("_"))
+            fix = (f"pass the metric object: metrics=[{factory}()] (from bayesim_hpc import {factory})"
+                   if factory in known else f"pass metric objects, e.g. {', '.join(f'{k}()' for k in known)}")
+            raise ConfigError(f"metrics[{i}]", m, "is a name, not a metric", fix)
         if callable(m) and not hasattr(m, "compute"):
             raise ConfigError(f"metrics[{i}]", m, "is a function, not a metric object",
                               "call the factory: rmse_metric() rather than rmse_metric")
@@ -278,6 +314,8 @@ def simulation_config(
     me = _check_int("max_errors", max_errors, 0, allow_none=True, example=" or None for no limit")
     tg = _check_task_grid(task_grid, len(dg), len(fg))
     ss = _check_int("shard_size", shard_size, 1, allow_none=True, example=" or None")
+    sosf = _check_int("stop_on_systematic_failure", stop_on_systematic_failure, 1, allow_none=True,
+                      example=" (failed tasks in a row) or None to never stop early")
     if draws_dtype not in ("float64", "float32"):
         raise ConfigError("draws_dtype", draws_dtype, "is not supported", "use 'float64' or 'float32'")
     if compression not in (None, "gzip", "lzf"):
@@ -287,62 +325,6 @@ def simulation_config(
         n_replicates=n_rep, seed=seed_i, retain=tuple(retain_l),
         result_path=Path(result_path) if result_path is not None else None,
         checkpoint_every=ce, chunk_size=cs, max_errors=me, task_grid=tg, shard_size=ss,
+        stop_on_systematic_failure=sosf,
         draws_dtype=draws_dtype, compression=compression, study_file=study_file,
     )
-
-
-# --- fingerprint -----------------------------------------------------------------------
-def _source_of(obj: Any) -> str:
-    """Source text of a function or class; a stable fallback where there is none."""
-    target = obj if (inspect.isfunction(obj) or inspect.isclass(obj) or inspect.ismethod(obj)) else type(obj)
-    try:
-        return inspect.getsource(target)
-    except (OSError, TypeError):
-        code = getattr(target, "__code__", None)
-        if code is not None:
-            return repr((code.co_code, code.co_consts, code.co_names))
-        return f"{target.__module__}.{getattr(target, '__qualname__', target)}"
-
-
-def _describe(obj: Any, depth: int = 0) -> Any:
-    """A JSON-able description of an object's behaviour: source and public settings."""
-    if depth > 4:
-        return repr(type(obj))
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if isinstance(obj, (list, tuple)):
-        return [_describe(v, depth + 1) for v in obj]
-    if isinstance(obj, dict):
-        return {str(k): _describe(v, depth + 1) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(obj, np.ndarray):
-        return hashlib.sha256(np.ascontiguousarray(obj).tobytes()).hexdigest()
-    if inspect.isfunction(obj) or inspect.ismethod(obj) or inspect.isclass(obj):
-        return {"source": _source_of(obj)}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    state = getattr(obj, "__dict__", None)
-    out: dict[str, Any] = {"class": f"{type(obj).__module__}.{type(obj).__qualname__}", "source": _source_of(obj)}
-    if state is not None:
-        out["settings"] = {k: _describe(v, depth + 1) for k, v in sorted(state.items()) if not k.startswith("_")}
-    else:
-        out["repr"] = repr(obj)
-    return out
-
-
-def _digest(x: Any) -> str:
-    return hashlib.sha256(json.dumps(x, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def fingerprint_parts(study: Study) -> dict[str, str]:
-    """A digest per part of the study definition; resume compares them to say what changed."""
-    return {
-        "data_grid": _digest(study.data_grid.to_dict("split")),
-        "fit_grid": _digest(study.fit_grid.to_dict("split")),
-        "task_grid": _digest(None if study.task_grid is None else study.task_grid.to_dict("split")),
-        "n_replicates": str(study.n_replicates),
-        "seed": str(study.seed),
-        "retain": ",".join(study.retain),
-        "data_generator": _digest(_describe(study.data_generator)),
-        "fitter": _digest(_describe(study.fitter)),
-        "metrics": _digest([_describe(m) for m in study.metrics]),
-    }

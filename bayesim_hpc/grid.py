@@ -81,7 +81,14 @@ class TaskSpace:
         self._wr = max(5, len(str(self.n_rep)))
         # shard order: cells sorted by (fit, data)
         self._shard_cell_order = np.lexsort((self.cells[:, 0], self.cells[:, 1]))
-        self._cell_lookup = {(int(d), int(f)): i for i, (d, f) in enumerate(self.cells)}
+        self._lookup: dict[tuple[int, int], int] | None = None
+
+    @property
+    def _cell_lookup(self) -> dict[tuple[int, int], int]:
+        """(data_idx, fit_idx) -> cell position; built on first use (only ``parse_id`` needs it)."""
+        if self._lookup is None:
+            self._lookup = {(int(d), int(f)): i for i, (d, f) in enumerate(self.cells.tolist())}
+        return self._lookup
 
     @classmethod
     def from_grids(
@@ -93,7 +100,7 @@ class TaskSpace:
     ) -> "TaskSpace":
         nd, nf = len(data_grid), len(fit_grid)
         if task_grid is None:
-            cells = np.array([(d, f) for d in range(nd) for f in range(nf)], dtype=np.int64)
+            cells = np.stack(np.meshgrid(np.arange(nd), np.arange(nf), indexing="ij"), axis=-1).reshape(-1, 2)
         else:
             cells = task_grid[["data_idx", "fit_idx"]].to_numpy(dtype=np.int64) - 1
         return cls(cells.reshape(-1, 2), nd, nf, n_rep)

@@ -6,7 +6,7 @@ message, stage and traceback tail).
 
 Example:
     >>> rec = run_task(study, study.space.ref(0))      # doctest: +SKIP
-    >>> rec.status, rec.columns["rmse__value"]           # doctest: +SKIP
+    >>> rec.status, rec.columns["bias__slope"]           # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import math
 import time
 import traceback
 import warnings as pywarnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,28 +25,12 @@ from .errors import TaskError
 from .fitters.base import DIAGNOSTIC_COLUMNS, FitResult
 from .grid import TaskRef
 from .metrics import metric_columns
+from .records import TaskRecord
 from .seeding import data_rng, data_seed_sequence, fit_seed_sequence, int_seed
 
 __all__ = ["TaskRecord", "run_task", "task_context"]
 
 _TRACEBACK_TAIL = 4000  # characters of traceback kept for a failed task
-
-
-@dataclass
-class TaskRecord:
-    """One task's outcome as it is stored: scalar columns plus retained artifacts."""
-
-    index: int
-    task_id: str
-    status: str
-    attempt: int
-    columns: dict[str, float] = field(default_factory=dict)
-    error_type: str = ""
-    error_message: str = ""
-    error_stage: str = ""
-    error_traceback: str = ""
-    warnings: list[str] = field(default_factory=list)
-    artifacts: dict[str, Any] = field(default_factory=dict)
 
 
 def task_context(study: Study, ref: TaskRef, attempt: int = 1, shard_id: int = -1) -> TaskContext:
@@ -74,11 +57,13 @@ def _check_draws(fit: FitResult, data: SimData) -> None:
 
 
 def _core_columns(fit: FitResult, data: SimData) -> dict[str, float]:
-    """Columns the per-cell aggregates need whatever metrics were chosen."""
+    """Columns the per-cell aggregates need whatever metrics were chosen: the posterior mean
+    (``estimate__p``), the posterior SD (``se__p``) and the true value (``truth__p``)."""
     out = {}
     for p in data.vars_of_interest:
         if p in fit.draws and fit.draws[p].ndim == 2:
             out[f"estimate__{p}"] = float(fit.draws[p].mean())
+            out[f"se__{p}"] = float(fit.draws[p].std(ddof=1)) if fit.draws[p].size > 1 else float("nan")
             if p in data.true_params:
                 out[f"truth__{p}"] = float(data.true_params[p])
     return out
@@ -122,6 +107,24 @@ def _artifacts(study: Study, fit: FitResult | None, data: SimData | None, warns:
     return out
 
 
+def _missing_key_hint(exc: Exception, stage: str, study: Study, ref: TaskRef) -> str:
+    """For a KeyError of a grid name in the generator or fitter: the keys the spec does have."""
+    if not isinstance(exc, KeyError) or stage not in ("generate", "fit") or not exc.args:
+        return ""
+    spec = study.data_spec(ref.data_idx) if stage == "generate" else study.fit_spec(ref.fit_idx)
+    if exc.args[0] in spec:
+        return ""
+    name = "data_spec (a row of data_grid)" if stage == "generate" else "fit_spec (a row of fit_grid)"
+    return f" (not in {name}, which has: {', '.join(map(repr, spec))})"
+
+
+def _shape_of(values: Any) -> str:
+    if not isinstance(values, dict):
+        return f"a {type(values).__name__}, not a dict"
+    bad = {k: getattr(v, "shape", type(v).__name__) for k, v in values.items() if getattr(v, "size", 1) != 1}
+    return f"non-scalar values {bad}" if bad else "values that are not numbers"
+
+
 def run_task(study: Study, ref: TaskRef, attempt: int = 1, shard_id: int = -1) -> TaskRecord:
     """Run one task to a :class:`TaskRecord`; never raises for the task's own errors."""
     ctx = task_context(study, ref, attempt, shard_id)
@@ -153,7 +156,13 @@ def run_task(study: Study, ref: TaskRef, attempt: int = 1, shard_id: int = -1) -
             t0 = time.perf_counter()
             cols: dict[str, float] = {}
             for m in study.metrics:
-                cols.update(metric_columns(m.name, m.compute(fit, data)))
+                values = m.compute(fit, data)
+                try:
+                    cols.update(metric_columns(m.name, values))
+                except (TypeError, ValueError, AttributeError) as exc:
+                    raise TaskError(
+                        f"metric {m.name!r} ({type(m).__name__}) returned {_shape_of(values)}: a metric must "
+                        f"return a dict of scalars, e.g. {{'value': 0.3}} ({exc})") from None
             cols.update(_core_columns(fit, data))
             timing["timing_metrics"] = time.perf_counter() - t0
             if "diagnostics" in study.retain:
@@ -162,7 +171,7 @@ def run_task(study: Study, ref: TaskRef, attempt: int = 1, shard_id: int = -1) -
             rec.status = "success"
         except Exception as exc:  # a task's failure is data, not a crash
             rec.error_type = type(exc).__name__
-            rec.error_message = str(exc)[:2000]
+            rec.error_message = (str(exc) + _missing_key_hint(exc, stage, study, ref))[:2000]
             rec.error_stage = stage
             rec.error_traceback = traceback.format_exc()[-_TRACEBACK_TAIL:]
         warns.extend(f"{w.category.__name__}: {w.message}" for w in caught)

@@ -23,12 +23,10 @@ if __name__ == "__main__":
 import argparse
 import json
 import os
-import re
 import resource
 import socket
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -36,13 +34,18 @@ from typing import Callable
 from .config import Study
 from .manifest import scan_progress
 from .resultdir import ResultDir
-from .storage import atomic_write_text, shard_dir, write_segment
+from .storage import StorageFullError, atomic_write_text, ensure_shard_dir, shard_dir, study_stamp, write_segment
 from .task import TaskRecord, run_task
 
-__all__ = ["run_shard", "ShardOutcome", "EXIT_DONE", "EXIT_STOPPED", "EXIT_BUDGET", "StopRequested"]
+__all__ = ["run_shard", "ShardOutcome", "EXIT_DONE", "EXIT_STOPPED", "EXIT_BUDGET", "EXIT_STORAGE",
+           "StopRequested"]
 
-EXIT_DONE, EXIT_STOPPED, EXIT_BUDGET = 0, 3, 4
-_study_cache: dict[str, Study] = {}
+EXIT_DONE, EXIT_STOPPED, EXIT_BUDGET, EXIT_STORAGE = 0, 3, 4, 5
+_study_cache: dict[tuple[str, str], Study] = {}
+
+
+class _EndShard(Exception):
+    """Ends a shard's loop early (disk full, study replaced); the outcome says why."""
 
 
 class StopRequested(BaseException):
@@ -64,42 +67,82 @@ class ShardOutcome:
     budget_exceeded: bool = False
     segments: int = 0
     stop_signal: str | None = None  # e.g. "SIGUSR2": what stopped the shard, if anything
+    systematic: bool = False  # stopped early: every task failed the same way (a bug, not bad luck)
+    storage_error: str | None = None  # a segment could not be written (disk full): the message
+    superseded: bool = False  # the result directory was reset (--force) under this shard
 
     @property
     def exit_code(self) -> int:
+        if self.storage_error:
+            return EXIT_STORAGE
+        if self.superseded:
+            return EXIT_STOPPED
         if self.budget_exceeded:
             return EXIT_BUDGET
         return EXIT_STOPPED if self.stopped else EXIT_DONE
 
 
-_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
-class _WarningRelay:
-    """Prints a kind of warning the first few times it is seen, then only counts it.
+class _SystematicFailure:
+    """Tells a bug from bad luck: the first ``limit`` tasks of a shard (or all of a shard of at
+    least 3 tasks) failed with one error type in one stage, and no task of the shard has ever
+    succeeded. A resume that retries a few failed tasks of a shard never trips it."""
 
-    The kind is the message with its numbers masked, so "3 divergent transitions" and
-    "12 divergent transitions" fold together.
-    """
+    def __init__(self, limit: int | None, shard_tasks: int, succeeded_before: bool):
+        self.limit, self.shard_tasks = limit, shard_tasks
+        self.armed = limit is not None and not succeeded_before
+        self.kinds: set[tuple[str, str]] = set()
+        self.n = 0
 
-    def __init__(self, emit: Callable[[str], None], show: int = 3):
-        self.emit, self.show, self.counts = emit, show, Counter()
+    def seen(self, rec: TaskRecord) -> bool:
+        if not self.armed:
+            return False
+        if rec.status == "success":
+            self.armed = False
+            return False
+        self.n += 1
+        self.kinds.add((rec.error_type or "", rec.error_stage or ""))
+        if len(self.kinds) > 1:
+            self.armed = False
+            return False
+        assert self.limit is not None
+        return self.n >= self.limit or (self.n == self.shard_tasks and self.n >= 3)
 
-    def __call__(self, task_id: str, message: str) -> None:
-        kind = _NUMBER.sub("#", message)
-        self.counts[kind] += 1
-        n = self.counts[kind]
-        if n <= self.show:
-            self.emit(f"[{task_id}] WARNING {message}")
-        elif n in (10, 100, 1000, 10000, 100000):
-            self.emit(f"[{task_id}] WARNING (this kind seen {n} times in shard) {message}")
 
-
-def _load(rd: ResultDir) -> Study:
-    key = str(rd.path.resolve())
+def _load(rd: ResultDir, generation: str) -> Study:
+    # The driver that started this worker checked that the directory is trusted.
+    key = (str(rd.path.resolve()), generation)
     if key not in _study_cache:
-        _study_cache[key] = rd.load_study()
+        _study_cache[key] = rd.load_study(check_trust=False)
     return _study_cache[key]
+
+
+class _StudyWatch:
+    """Notices when study.json is replaced (``--force``) while a shard runs."""
+
+    def __init__(self, rd: ResultDir, generation: str):
+        self.rd, self.generation = rd, generation
+        self.sig = self._sig()
+
+    def _sig(self) -> tuple[int, int] | None:
+        try:
+            st = self.rd.study_json.stat()
+            return st.st_ino, st.st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def replaced(self) -> bool:
+        sig = self._sig()
+        if sig == self.sig:
+            return False
+        try:
+            changed = self.rd.read_frozen().generation != self.generation
+        except (FileNotFoundError, json.JSONDecodeError):
+            return True
+        if not changed:
+            self.sig = sig  # rewritten, same study: no need to read it again
+        return changed
 
 
 def run_shard(
@@ -115,30 +158,46 @@ def run_shard(
     """Run the missing tasks of one shard; see the module docstring."""
     rd = ResultDir(result_dir)
     emit = emit or (lambda line: print(line, file=sys.stderr, flush=True))
-    study = study or _load(rd)
     frozen = rd.read_frozen()
+    stamp = study_stamp(frozen.raw)
+    watch = _StudyWatch(rd, frozen.generation)
+    study = study or _load(rd, frozen.generation)
     shard = frozen.shards[shard_id]
     space = study.space
-    prog = scan_progress(rd, space.n_tasks, shard_id)
-    for path, why in prog.corrupt:
-        emit(f"[shard {shard_id}] ignoring damaged segment {path.name}: {why}")
+    prog = scan_progress(rd, space.n_tasks, shard_id, stamp=stamp)
+    for path, why in prog.problems:
+        emit(f"[shard {shard_id}] ignoring segment {path.name}: {why}")
     indices = space.shard_indices(shard)
     todo = [int(i) for i in indices if prog.state[i] == 0 or (retry_failed and prog.state[i] == 2)]
     out = ShardOutcome(shard_id, attempt, 0, 0, 0, len(indices) - len(todo))
-    relay = _WarningRelay(emit)
     buffer: list[TaskRecord] = []
     seq = _next_seq(rd, shard_id, attempt)
     last_flush = time.monotonic()
     progress_path = shard_dir(rd.path, shard_id) / "progress.json"
     last_progress = 0.0
-    max_errors = study.max_errors
+    runtime = frozen.raw.get("runtime", {})  # this run's settings (the driver writes them)
+    max_errors = runtime.get("max_errors", study.max_errors)
+    systematic = _SystematicFailure(runtime.get("stop_on_systematic_failure", study.stop_on_systematic_failure),
+                                    len(indices), succeeded_before=bool((prog.state[indices] == 1).any()))
     n_failed_before = int((prog.state[indices] == 2).sum()) if not retry_failed else 0
 
     def flush() -> None:
         nonlocal seq, last_flush
-        if buffer:
-            write_segment(rd.path, shard_id, attempt, seq, buffer,
-                          draws_dtype=study.draws_dtype, compression=study.compression)
+        if buffer and not (out.storage_error or out.superseded):
+            if watch.replaced():  # --force replaced the study: these rows belong to no study now
+                out.superseded = True
+                emit(f"[shard {shard_id}] the result directory was reset (--force) since this shard started: "
+                     f"dropping {len(buffer)} result(s) of the replaced study and stopping")
+                buffer.clear()
+                raise _EndShard()
+            try:
+                write_segment(rd.path, shard_id, attempt, seq, buffer, draws_dtype=study.draws_dtype,
+                              compression=study.compression, stamp=stamp)
+            except StorageFullError as exc:
+                out.storage_error = str(exc)
+                emit(f"[shard {shard_id}] ERROR {exc}")
+                buffer.clear()  # not recorded: resume runs these tasks again
+                raise _EndShard() from None
             seq += 1
             out.segments += 1
             buffer.clear()
@@ -147,6 +206,9 @@ def run_shard(
     old_handlers = {}
     if handle_signals:
         def _on_signal(signum: int, frame: object) -> None:
+            if out.stopped:  # a second signal while the first is handled: already stopping
+                return
+            out.stopped = True
             raise StopRequested(signal.Signals(signum).name)
 
         for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
@@ -156,7 +218,12 @@ def run_shard(
             out.stopped = True
             out.stop_signal = signal.Signals(_EARLY_STOP[0]).name
             emit(f"[shard {shard_id}] received {signal.Signals(_EARLY_STOP[0]).name} while starting; stopping")
-    shard_dir(rd.path, shard_id).mkdir(parents=True, exist_ok=True)
+    try:
+        ensure_shard_dir(rd.path, shard_id)
+    except OSError as exc:
+        todo = []
+        out.storage_error = f"cannot create {shard_dir(rd.path, shard_id)}: {exc}"
+        emit(f"[shard {shard_id}] ERROR {out.storage_error}")
     try:
         for idx in todo:
             rec = run_task(study, space.ref(idx), attempt=attempt, shard_id=shard_id)
@@ -166,30 +233,47 @@ def run_shard(
                 out.n_success += 1
             else:
                 out.n_failed += 1
-                emit(f"[{rec.task_id}] FAILED in {rec.error_stage}: {rec.error_type}: {rec.error_message.splitlines()[0] if rec.error_message else ''}")
-            for w in rec.warnings:
-                relay(rec.task_id, w)
+                first_line = rec.error_message.splitlines()[0] if rec.error_message else ""
+                emit(f"[{rec.task_id}] FAILED in {rec.error_stage}: {rec.error_type}: {first_line}")
+            for w in rec.warnings:  # every one: the driver folds repeats across workers (relay.FoldingEmit)
+                emit(f"[{rec.task_id}] WARNING {w}")
             now = time.monotonic()
             if len(buffer) >= study.flush_every or now - last_flush >= flush_seconds:
                 flush()
             if now - last_progress >= 2.0:
-                _write_progress(progress_path, attempt, out, len(indices))
+                try:
+                    _write_progress(progress_path, attempt, out, len(indices))
+                except OSError:
+                    pass
                 last_progress = now
             if max_errors is not None and n_failed_before + out.n_failed > max_errors:
                 out.budget_exceeded = True
                 emit(f"[shard {shard_id}] stopping: more than max_errors={max_errors} failed tasks")
                 break
+            if systematic.seen(rec):
+                out.budget_exceeded = out.systematic = True
+                emit(f"[shard {shard_id}] stopping early: the first {out.n_failed} task(s) all failed "
+                     f"in {rec.error_stage} with {rec.error_type} (stop_on_systematic_failure)")
+                break
     except StopRequested as sig:
         out.stopped = True
         out.stop_signal = str(sig)
         emit(f"[shard {shard_id}] received {sig}: flushing {len(buffer)} finished task(s) and stopping")
+    except _EndShard:
+        pass
     finally:
         # Signals stay blocked from here on: the flush must not be interrupted by a second one.
         if handle_signals:
             for sig in old_handlers:
                 signal.signal(sig, signal.SIG_IGN)
-        flush()
-        _write_progress(progress_path, attempt, out, len(indices))
+        try:
+            flush()
+        except _EndShard:
+            pass
+        try:
+            _write_progress(progress_path, attempt, out, len(indices))
+        except OSError:  # progress is informational; a full disk is reported by the flush
+            pass
         if handle_signals:
             for sig, h in old_handlers.items():
                 signal.signal(sig, h)
@@ -243,7 +327,9 @@ def _serve(result_dir: str) -> int:
                         handle_signals=True)
         print(json.dumps({"shard_done": out.shard_id, "exit": out.exit_code, "run": out.n_run,
                           "success": out.n_success, "failed": out.n_failed}), flush=True)
-        if out.stopped:
+        if out.storage_error:
+            return EXIT_STORAGE
+        if out.stopped or out.superseded:
             return EXIT_STOPPED
     return EXIT_DONE
 
@@ -273,5 +359,25 @@ def main(argv: list[str] | None = None) -> int:
     return out.exit_code
 
 
+def _exit_now(code: int) -> None:
+    """End the worker process with ``code`` once its output is flushed, skipping teardown.
+
+    Every segment and progress file is already closed and renamed into place when
+    :func:`run_shard` returns; what is left is stdout/stderr and logging. Interpreter
+    teardown (garbage-collecting PyMC, PyTensor, numba and nutpie state) takes 0.8-1.5 s
+    per process and does nothing a finished worker needs, so the process ends with
+    ``os._exit``.
+    """
+    import logging
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more to say
+            pass
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit_now(main())

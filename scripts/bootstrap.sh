@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install bayesim-hpc with PyMC, plotting and test extras into it.
+# Create a virtual environment (once) and install bayesim-hpc with PyMC, plotting and test extras.
+#   VENV=.venv (default)         where to install
+#   BAYESIM_NEWEST=1             ignore constraints.txt: the newest versions pyproject.toml allows
+# By default the versions in constraints.txt are installed: the set the test suite last passed with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[all]"
+pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+"${pip[@]}" --upgrade pip
+if [ "${BAYESIM_NEWEST:-0}" = 1 ]; then
+  "${pip[@]}" --upgrade --upgrade-strategy eager -e ".[all]"
+else
+  "${pip[@]}" -c constraints.txt -e ".[all]"
+fi
