@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
 import sys
 import time
@@ -34,7 +35,7 @@ from .config import Study
 from .errors import BayesimError, StudyChangedError
 from .fingerprint import CODE_PARTS, code_descriptions, code_diff, fingerprint_parts, legacy_fingerprint_parts
 from .grid import Shard, plan_shards
-from .storage import atomic_write_text
+from .storage import atomic_write_text, fsync_path
 
 __all__ = ["ResultDir", "FrozenStudy", "package_versions", "runtime_settings"]
 
@@ -72,9 +73,15 @@ class FrozenStudy:
 
 
 def runtime_settings(study: Study, keep_going: bool = False) -> dict[str, Any]:
-    """The settings a run may change without changing the study (workers read them from study.json)."""
+    """The settings a run may change without changing the study (workers read them from study.json).
+
+    ``retain`` is recorded here too, but a retention change also rewrites the frozen study
+    (it applies to the tasks run from then on; the history says when it changed).
+    """
     return {"max_errors": study.max_errors,
-            "stop_on_systematic_failure": None if keep_going else study.stop_on_systematic_failure}
+            "stop_on_systematic_failure": None if keep_going else study.stop_on_systematic_failure,
+            "checkpoint_every": study.checkpoint_every, "chunk_size": study.chunk_size,
+            "retain": list(study.retain)}
 
 
 class ResultDir:
@@ -114,6 +121,11 @@ class ResultDir:
             sys.path.insert(0, str(Path(folder).parent))
         blob = self.study_pkl.read_bytes()
         want = raw.get("study_pkl_sha256")
+        if want and hashlib.sha256(blob).hexdigest() != want and self._next_pkl.exists():
+            # an extension was interrupted after study.json was written: its study is the next pickle
+            nxt = self._next_pkl.read_bytes()
+            if hashlib.sha256(nxt).hexdigest() == want:
+                blob = nxt
         if want and hashlib.sha256(blob).hexdigest() != want:
             raise BayesimError(
                 f"{self.study_pkl} does not match the checksum in {self.study_json.name}: it was changed or "
@@ -123,16 +135,26 @@ class ResultDir:
         object.__setattr__(study, "frozen_in", str(self.path.resolve()))
         return study
 
+    _next_pkl = property(lambda self: self.path / ".study.pkl.next")
+
+    def _write_pkl(self, study: Study, name: str) -> bytes:
+        tmp = self.path / f".{name}.tmp"
+        blob = cloudpickle.dumps(dataclasses.replace(study, frozen_in=None, layout=study.space.to_layout()))
+        with open(tmp, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(self.path / name)
+        return blob
+
     def freeze(self, study: Study, shard_size: int) -> FrozenStudy:
         """Write study.pkl and study.json for a new study (study.json last: it marks 'ready')."""
+        from .extend import history_entry, metric_code
+
         self.path.mkdir(parents=True, exist_ok=True)
         self.shards_dir.mkdir(exist_ok=True)
         self.logs.mkdir(exist_ok=True)
-        tmp = self.path / ".study.pkl.tmp"
-        blob = cloudpickle.dumps(dataclasses.replace(study, frozen_in=None))
-        with open(tmp, "wb") as fh:
-            fh.write(blob)
-        tmp.replace(self.study_pkl)
+        blob = self._write_pkl(study, "study.pkl")
         shards = plan_shards(study.space, shard_size)
         code = code_descriptions(study)
         raw = {
@@ -159,8 +181,46 @@ class ResultDir:
             "runtime": runtime_settings(study),
             "study_file": study.study_file,
             "versions": package_versions(),
+            "layout": study.space.to_layout(),
+            "metric_code": metric_code(study),
+            "history": [history_entry([f"created: {study.n_tasks} tasks ({len(study.data_grid)} data x "
+                                       f"{len(study.fit_grid)} fit rows x {study.n_replicates} replicates)"],
+                                      tasks=[0, study.n_tasks], shards=[0, len(shards)])],
         }
         atomic_write_text(self.study_json, json.dumps(raw, indent=1, default=str))
+        return FrozenStudy(raw)
+
+    def apply_extension(self, ext: Any, shard_size: int, extra_history: dict[str, Any] | None = None) -> FrozenStudy:
+        """Freeze an extended study (see :mod:`bayesim_hpc.extend`): new tasks get new shards.
+
+        Crash-safe: the new pickle is written as ``.study.pkl.next``, then study.json (with its
+        checksum), then the pickle is renamed into place; :meth:`load_study` finishes an
+        interrupted rename. Existing shards, tasks and segments are not touched.
+        """
+        from .extend import history_entry, metric_code
+
+        study = ext.study
+        raw = json.loads(self.study_json.read_text())
+        blob = self._write_pkl(study, ".study.pkl.next")
+        n_old_shards = len(raw["shards"])
+        n_old_tasks = int(raw["n_tasks"])
+        n_old_blocks = len(raw["layout"]["blocks"]) if raw.get("layout") else 1
+        new_shards = plan_shards(ext.space, shard_size, first_block=n_old_blocks, first_id=n_old_shards)
+        code = code_descriptions(study)
+        raw.update(
+            fingerprint=fingerprint_parts(study, code), code=code, metric_code=metric_code(study),
+            study_pkl_sha256=hashlib.sha256(blob).hexdigest(), n_tasks=ext.space.n_tasks,
+            n_data=ext.space.n_data, n_fit=ext.space.n_fit, n_replicates=study.n_replicates,
+            retain=list(study.retain), metric_kinds=study.metric_kinds(),
+            data_grid=study.data_grid.to_dict("list"), fit_grid=study.fit_grid.to_dict("list"), task_grid=None,
+            layout=ext.space.to_layout(), shards=raw["shards"] + [[s.start, s.stop] for s in new_shards],
+        )
+        raw.setdefault("history", []).append(history_entry(
+            ext.what, tasks=[n_old_tasks, ext.space.n_tasks], shards=[n_old_shards, n_old_shards + len(new_shards)],
+            **(extra_history or {})))
+        atomic_write_text(self.study_json, json.dumps(raw, indent=1, default=str))
+        self._next_pkl.replace(self.study_pkl)
+        fsync_path(self.path)
         return FrozenStudy(raw)
 
     def set_runtime(self, settings: dict[str, Any]) -> None:
@@ -189,7 +249,7 @@ class ResultDir:
         else:
             code_now = code_descriptions(study)
             now = fingerprint_parts(study, code_now)
-        changed = [k for k, v in frozen.fingerprint.items() if now.get(k) != v]
+        changed = [k for k, v in frozen.fingerprint.items() if now.get(k) != v and k != "retain"]
         if changed:
             diffs = [code_diff(code_then[p], code_now[p], p) for p in changed
                      if p in CODE_PARTS and code_then is not None and code_now is not None and p in code_then]

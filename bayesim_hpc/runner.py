@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 import time
@@ -37,8 +38,12 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def prepare_result_dir(study: Study, rd: ResultDir, resume: str, force: bool, shard_size: int) -> bool:
-    """Freeze a new study or check an existing one. Returns True if the directory was new."""
+def prepare_result_dir(study: Study, rd: ResultDir, resume: str, force: bool, shard_size: int,
+                       emit: Callable[[str], None] | None = None) -> tuple[bool, Study]:
+    """Freeze a new study, or check an existing one and freeze what it adds (an extension).
+
+    Returns (whether the directory was new, the study to run: the frozen one, as extended).
+    """
     if resume not in ("auto", "never", "must"):
         raise ConfigError("resume", resume, "is not a resume mode", "use 'auto', 'never' or 'must'")
     if rd.exists():
@@ -51,20 +56,40 @@ def prepare_result_dir(study: Study, rd: ResultDir, resume: str, force: bool, sh
                 "or force=True to move them aside and start again."
             )
         else:
-            rd.check_same_study(study)
-            return False
+            return False, _extend_or_check(study, rd, shard_size, emit or _stderr)
     elif resume == "must":
         raise BayesimError(f"nothing to resume: {rd.path} holds no study (no study.json)")
     rd.freeze(study, shard_size)
-    return True
+    return True, study
+
+
+def _extend_or_check(study: Study, rd: ResultDir, shard_size: int, emit: Callable[[str], None]) -> Study:
+    """The frozen study, grown by what ``study`` adds; refuses a changed study (:mod:`.extend`)."""
+    from .extend import plan_extension
+
+    frozen = rd.read_frozen()
+    if study.frozen_in is not None and study.frozen_in == str(rd.path.resolve()):
+        return study  # read back from this directory: it is the frozen study
+    if frozen.raw.get("code") is None:  # made by bayesim-hpc 0.1: no extension, only the old comparison
+        rd.check_same_study(study)
+        return study
+    loaded = rd.load_study()
+    ext = plan_extension(frozen.raw, loaded, study, str(rd.path))
+    if ext.empty:
+        return dataclasses.replace(ext.study, result_path=study.result_path)
+    rd.apply_extension(ext, shard_size)
+    emit(f"bayesim-hpc: the study grew: {'; '.join(ext.what)}")
+    return dataclasses.replace(ext.study, result_path=study.result_path)
 
 
 def missing_shards(rd: ResultDir, study: Study, retry_failed: bool) -> tuple[list[int], Any]:
     """Shards that have tasks without a row (or, with ``retry_failed``, with a failed row)."""
     prog = scan_progress(rd, study.n_tasks)
     out = []
+    active = study.space.active_mask()
     for shard in rd.read_frozen().shards:
-        st = prog.state[study.space.shard_indices(shard)]
+        idx = study.space.shard_indices(shard)
+        st = prog.state[idx[active[idx]]]
         if np.any(st == 0) or (retry_failed and np.any(st == 2)):
             out.append(shard.shard_id)
     return out, prog
@@ -121,7 +146,7 @@ def run_simulation(
     lock.acquire()
     try:
         size = shard_size or config.shard_size or default_shard_size(config.n_tasks, ex.parallelism)
-        is_new = prepare_result_dir(config, rd, resume, force, size)
+        is_new, config = prepare_result_dir(config, rd, resume, force, size, emit)
         rd.set_runtime(runtime_settings(config, keep_going))
         if retry_failed is None:
             retry_failed = not is_new

@@ -22,6 +22,8 @@ import numpy as np
 from .locking import DirLock
 from .manifest import Manifest
 from .resultdir import ResultDir
+from .grid import space_from_raw
+from .history import lifecycle_notes
 from .reduce import select_winners
 from .storage import read_rows, shard_dir
 
@@ -45,6 +47,9 @@ class StudyStatus:
     rate_per_s: float | None
     failures: list[dict[str, str]] = field(default_factory=list)
     scheduler_note: str = ""
+    #: the study's history (created, what each extension added, when) and runtime notes
+    history: list[str] = field(default_factory=list)
+    n_hidden: int = 0
 
     @property
     def complete(self) -> bool:
@@ -59,6 +64,11 @@ class StudyStatus:
         lines = [f"study {self.path}",
                  f"  tasks: {self.n_tasks}  done: {self.n_success}  failed: {self.n_failed}  "
                  f"pending: {self.n_missing}  ({pct:.1f} % finished)  warnings: {self.n_warnings}"]
+        if self.n_hidden:
+            lines.append(f"  hidden: {self.n_hidden} task(s) of grid rows the study no longer names (kept on disk)")
+        if self.history:
+            lines.append("  history:")
+            lines.extend(f"    {h}" for h in self.history)
         if self.driver:
             lines.append(f"  driver: {self.driver}")
         if self.last_run:
@@ -117,21 +127,28 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
         raise FileNotFoundError(f"{path} is not a bayesim-hpc result directory (no study.json)")
     frozen = rd.read_frozen()
     raw = frozen.raw
-    n, n_rep = frozen.n_tasks, int(raw["n_replicates"])
+    n = frozen.n_tasks
     study = rd.load_study()
+    space = space_from_raw(raw)
     win = select_winners(rd, n, columns=("n_warnings",), track=("n_warnings",))  # one pass over the segments
-    task_state = win.state
+    task_state = win.state.copy()
+    active = space.active_mask()
+    task_state[~active] = 3  # hidden cells: neither done nor pending
+    n_active = int(np.count_nonzero(active))
     n_success, n_failed = int(np.count_nonzero(task_state == 1)), int(np.count_nonzero(task_state == 2))
-    cell_of = np.arange(n) // n_rep
-    n_cells = n // n_rep
+    cell_of, _ = space.cell_and_rep(np.arange(n))
+    n_cells = len(space.cells)
     done = np.bincount(cell_of[task_state == 1], minlength=n_cells)
     failed = np.bincount(cell_of[task_state == 2], minlength=n_cells)
     cells = []
-    for k in range(n_cells):
-        d, f = (int(v) for v in study.space.cells[k])
-        label = f"d{d + 1:03d}_f{f + 1:03d}"
+    for k in np.lexsort((space.cells[:, 1], space.cells[:, 0])):
+        if space.hidden[k]:
+            continue
+        d, f = (int(v) for v in space.cells[k])
+        label = space.format_id(d, f, 0).rsplit("_", 1)[0]
         cells.append({"cell": label, "data": study.data_spec(d), "fit": study.fit_spec(f), "done": int(done[k]),
-                      "failed": int(failed[k]), "pending": int(n_rep - done[k] - failed[k])})
+                      "failed": int(failed[k]), "pending": int(space.cell_reps[k] - done[k] - failed[k]),
+                      "replicates": int(space.cell_reps[k])})
     manifest = Manifest(rd).read()
     mshards = manifest.get("shards", {})
     live_states: dict[int, dict] = {}
@@ -149,7 +166,7 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
     shards = []
     rate_num, rate_t0 = 0, None
     for sh in frozen.shards:
-        st = task_state[study.space.shard_indices(sh)]
+        st = task_state[space.shard_indices(sh)]
         entry = dict(mshards.get(str(sh.shard_id), {}))
         entry.update(live_states.get(sh.shard_id, {}))
         missing = int(np.count_nonzero(st == 0))
@@ -175,7 +192,9 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
     failures = _failures(rd, win, task_state)
     n_warn = int(np.nansum(win.tracked["n_warnings"]))
     return StudyStatus(
-        path=str(rd.path), n_tasks=n, n_success=n_success, n_failed=n_failed, n_missing=n - n_success - n_failed,
+        path=str(rd.path), n_tasks=n_active, n_success=n_success, n_failed=n_failed,
+        n_missing=n_active - n_success - n_failed, history=lifecycle_notes(raw),
+        n_hidden=n - n_active,
         n_warnings=n_warn, cells=cells, shards=shards,
         corrupt=[{"segment": seg, "error": e} for seg, e in win.corrupt],
         driver=holder.describe() if holder else None, last_run=last, eta_seconds=eta, rate_per_s=rate,

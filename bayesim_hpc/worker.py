@@ -123,7 +123,8 @@ class _SystematicFailure:
 
 
 def _load(rd: ResultDir) -> Study:
-    key = str(rd.path.resolve())
+    # keyed by the pickle's checksum too: a study that grew is a new frozen study
+    key = str(rd.path.resolve()) + ":" + str(rd.read_frozen().raw.get("study_pkl_sha256"))
     if key not in _study_cache:
         _study_cache[key] = rd.load_study()
     return _study_cache[key]
@@ -150,7 +151,8 @@ def run_shard(
     for path, why in prog.corrupt:
         emit(f"[shard {shard_id}] ignoring damaged segment {path.name}: {why}")
     indices = space.shard_indices(shard)
-    todo = [int(i) for i in indices if prog.state[i] == 0 or (retry_failed and prog.state[i] == 2)]
+    active = space.active_mask()  # tasks of hidden cells (grid rows the study dropped) never run
+    todo = [int(i) for i in indices if active[i] and (prog.state[i] == 0 or (retry_failed and prog.state[i] == 2))]
     out = ShardOutcome(shard_id, attempt, 0, 0, 0, len(indices) - len(todo))
     relay = _WarningRelay(emit)
     failures = _WarningRelay(emit, label="FAILED")
@@ -161,6 +163,8 @@ def run_shard(
     last_progress = 0.0
     runtime = frozen.raw.get("runtime", {})  # this run's settings (the driver writes them)
     max_errors = runtime.get("max_errors", study.max_errors)
+    flush_every = min(int(runtime.get("chunk_size", study.chunk_size)),
+                      int(runtime.get("checkpoint_every", study.checkpoint_every)))
     systematic = _SystematicFailure(runtime.get("stop_on_systematic_failure", study.stop_on_systematic_failure),
                                     len(indices), succeeded_before=bool((prog.state[indices] == 1).any()))
     n_failed_before = int((prog.state[indices] == 2).sum()) if not retry_failed else 0
@@ -202,7 +206,7 @@ def run_shard(
             for w in rec.warnings:
                 relay(rec.task_id, w)
             now = time.monotonic()
-            if len(buffer) >= study.flush_every or now - last_flush >= flush_seconds:
+            if len(buffer) >= flush_every or now - last_flush >= flush_seconds:
                 flush()
             if now - last_progress >= 2.0:
                 _write_progress(progress_path, attempt, out, len(indices))

@@ -1,0 +1,163 @@
+"""Growing a study in place: only new tasks run; old tasks keep ids, seeds and rows bit for bit."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayesim_hpc import (MockFitter, StudyChangedError, bias_metric, coverage_metric, load_results, rmse_metric,
+                         run_simulation, simulation_config)
+from bayesim_hpc.grid import TaskSpace
+from bayesim_hpc.status import study_status
+
+from .studies import callcount
+from .studies.linear import generate
+
+QUIET = dict(progress=False, emit=lambda s: None)
+
+
+def counting_generate(spec, rng, ctx):
+    # the count lives in a module: a global list here would be part of the generator's fingerprint
+    callcount.CALLS.append((ctx.data_idx, ctx.fit_idx, ctx.rep_idx))
+    return generate(spec, rng, ctx)
+
+
+def config(rdir, **kw):
+    base = dict(data_grid={"n": [30, 60], "sigma": [1.0]}, fit_grid={"model": ["linear"]},
+                data_generator=counting_generate, fitter=MockFitter(), metrics=[rmse_metric(), bias_metric()],
+                n_replicates=4, seed=7, retain=["draws"], result_path=rdir)
+    base.update(kw)
+    return simulation_config(**base)
+
+
+GROWN = dict(data_grid={"n": [30, 60, 90], "sigma": [1.0]}, fit_grid={"model": ["linear", "quadratic"]},
+             metrics=[rmse_metric(), bias_metric(), coverage_metric()], n_replicates=6)
+
+
+def _metric_frame(s: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in s.columns if ("__" in c and not c.startswith("timing")) or c in ("task_id", "status")]
+    return s[sorted(cols)].set_index("task_id").sort_index()
+
+
+def test_extend_runs_only_new_tasks_and_keeps_old_rows_bit_for_bit(tmp_path):
+    rdir = tmp_path / "r"
+    callcount.CALLS.clear()
+    first = run_simulation(config(rdir), **QUIET)
+    s0 = _metric_frame(first.summary)
+    assert len(s0) == 8 and len(callcount.CALLS) == 8
+    shards0 = json.loads((rdir / "study.json").read_text())["shards"]
+    callcount.CALLS.clear()
+    grown = run_simulation(config(rdir, **GROWN), **QUIET)
+    # 3 data x 2 fit x 6 replicates = 36 tasks; 8 ran before: the generator ran 28 times, once per new task
+    assert len(callcount.CALLS) == 28 and len(set(callcount.CALLS)) == 28
+    old = {(d, 0, r) for d in range(2) for r in range(4)}
+    assert not old & set(callcount.CALLS)
+    s1 = _metric_frame(grown.summary)
+    assert len(s1) == 36 and (s1["status"] == "success").all()
+    # old tasks: same ids, every stored column bit-identical; the new metric is missing until remetric
+    pd.testing.assert_frame_equal(s1.loc[s0.index, s0.columns], s0, check_exact=True)
+    assert s1.loc[s0.index, "coverage__mean"].isna().all()
+    # the shard plan grew; the old shards are unchanged
+    raw = json.loads((rdir / "study.json").read_text())
+    assert raw["shards"][:len(shards0)] == shards0 and len(raw["shards"]) > len(shards0)
+    # identity seeds: a fresh run of the grown study gives the same rows for every task
+    fresh = _metric_frame(run_simulation(config(tmp_path / "fresh", **GROWN), **QUIET).summary)
+    assert sorted(fresh.index) == sorted(s1.index)
+    new_ids = fresh.index.difference(s0.index)
+    pd.testing.assert_frame_equal(s1.loc[new_ids], fresh.loc[new_ids], check_exact=True)
+    pd.testing.assert_frame_equal(s1.loc[s0.index, s0.columns], fresh.loc[s0.index, s0.columns], check_exact=True)
+    # cells: one row per (data, fit) cell with 6 replicates each
+    cells = grown.cells
+    assert len(cells) == 6 and (cells["n_success"] == 6).all()
+    # history in status
+    st = study_status(rdir)
+    text = st.render()
+    assert "created: 8 tasks" in text and "n_replicates 4 -> 6" in text and "new metric(s) ['coverage']" in text
+    assert st.complete and st.n_tasks == 36
+    # running the grown study again changes nothing and runs nothing
+    callcount.CALLS.clear()
+    run_simulation(config(rdir, **GROWN), **QUIET)
+    assert callcount.CALLS == [] and len(json.loads((rdir / "study.json").read_text())["history"]) == 2
+
+
+@pytest.mark.parametrize("change,named", [
+    (dict(data_grid={"n": [30, 61], "sigma": [1.0]}), "data_grid changed: a value in an existing row"),
+    (dict(data_grid={"n": [30, 60], "sigma": [1.0], "k": [1]}), "data_grid changed: columns"),
+    (dict(data_grid={"n": [30.0, 60.0], "sigma": [1.0]}), "data_grid changed"),
+    (dict(n_replicates=3), "n_replicates changed"),
+    (dict(metrics=[rmse_metric(), bias_metric(name="bias"), coverage_metric()]), None),  # same bias: fine
+    (dict(fitter=MockFitter(scale=2.0)), "fitter changed"),
+    (dict(draws_dtype="float32"), "draws_dtype changed"),
+])
+def test_changes_are_refused_extensions_are_not(tmp_path, change, named):
+    rdir = tmp_path / "r"
+    run_simulation(config(rdir), **QUIET)
+    if named is None:
+        run_simulation(config(rdir, **change), **QUIET)
+        return
+    with pytest.raises(StudyChangedError, match=named) as err:
+        run_simulation(config(rdir, **change), **QUIET)
+    assert "bayesim-hpc resume" in str(err.value)
+    assert len(load_results(rdir).summary) == 8  # nothing was touched
+
+
+def test_dropped_rows_are_hidden_not_deleted_and_come_back(tmp_path):
+    rdir = tmp_path / "r"
+    run_simulation(config(rdir), **QUIET)
+    n_seg = len(list((rdir / "shards").rglob("*.h5")))
+    callcount.CALLS.clear()
+    res = run_simulation(config(rdir, data_grid={"n": [30], "sigma": [1.0]}), **QUIET)
+    assert callcount.CALLS == []
+    assert set(res.summary["data_n"]) == {30} and len(res.summary) == 4 and len(res.cells) == 1
+    assert len(list((rdir / "shards").rglob("*.h5"))) == n_seg
+    st = study_status(rdir)
+    assert st.n_hidden == 4 and st.n_tasks == 4 and "hidden" in st.render()
+    # the dropped row may come back (its tasks are still there), and a new row may be added now
+    res = run_simulation(config(rdir, data_grid={"n": [30, 60, 90], "sigma": [1.0]}), **QUIET)
+    assert len(callcount.CALLS) == 4 and {c[0] for c in callcount.CALLS} == {2}
+    assert len(res.summary) == 12 and "shown again" in study_status(rdir).render()
+
+
+def test_retention_change_applies_to_new_tasks(tmp_path):
+    rdir = tmp_path / "r"
+    run_simulation(config(rdir, retain="minimal"), **QUIET)
+    res = run_simulation(config(rdir, retain=["draws"], n_replicates=5), **QUIET)
+    tr = res.task_results
+    assert "draws" not in tr["d001_f001_r00001"] and "draws" in tr["d001_f001_r00005"]
+    assert "applies to tasks run from now on" in study_status(rdir).render()
+
+
+def test_task_ids_stay_stable_when_the_grid_outgrows_the_id_width():
+    sp = TaskSpace(np.array([(d, 0) for d in range(5)]), 5, 1, 3)
+    before = [sp.task_id(i) for i in range(sp.n_tasks)]
+    grown = sp.extend({(d, 0): 3 for d in range(1200)}, 1200, 1)
+    assert [grown.task_id(i) for i in range(sp.n_tasks)] == before
+    assert grown.task_id(grown.n_tasks - 1) == "d1200_f001_r00003"
+    ref = grown.parse_id("d1200_f001_r00003")
+    assert ref.index == grown.n_tasks - 1 and grown.parse_id(before[4]).index == 4
+    back = TaskSpace.from_layout(grown.to_layout())
+    assert [back.task_id(i) for i in range(0, grown.n_tasks, 97)] == [grown.task_id(i) for i in range(0, grown.n_tasks, 97)]
+
+
+def test_interrupted_extension_finishes_on_next_load(tmp_path, monkeypatch):
+    """Killed after study.json was written but before the new pickle was renamed into place."""
+    from bayesim_hpc.resultdir import ResultDir
+
+    rdir = tmp_path / "r"
+    run_simulation(config(rdir), **QUIET)
+    real = type(rdir).replace
+
+    def no_rename(self, target):
+        if self.name == ".study.pkl.next":
+            raise KeyboardInterrupt("killed")
+        return real(self, target)
+
+    monkeypatch.setattr(type(rdir), "replace", no_rename)
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(config(rdir, n_replicates=6), **QUIET)
+    monkeypatch.setattr(type(rdir), "replace", real)
+    assert ResultDir(rdir).load_study().n_tasks == 12
+    callcount.CALLS.clear()
+    res = run_simulation(config(rdir, n_replicates=6), **QUIET)
+    assert len(res.summary) == 12 and len(callcount.CALLS) == 4
