@@ -6,6 +6,7 @@
     bayesim-hpc status results/lin
     bayesim-hpc resume results/lin
     bayesim-hpc report results/lin
+    bayesim-hpc remetric results/lin [study.py]   # metrics again, from retained draws
 
 Exit codes: 0 done; 1 error; 2 usage error; 3 the study is not complete (tasks missing or
 failed); 4 stopped by the error budget (``max_errors``); 5 the result directory is in use
@@ -225,6 +226,25 @@ def reduce(result_dir) -> None:
                f"from {out.n_segments} segments in {out.seconds:.2f} s -> {out.path}")
     for seg, why in out.corrupt:
         click.echo(f"damaged segment skipped: {seg}: {why}", err=True)
+    sys.exit(EXIT_OK if not (out.n_missing or out.n_failed) else EXIT_INCOMPLETE)
+
+
+@main.command()
+@click.argument("result_dir", type=click.Path(file_okay=False))
+@click.argument("study_file", type=click.Path(dir_okay=False), required=False)
+@handle_errors
+def remetric(result_dir, study_file) -> None:
+    """Recompute metrics from retained draws (no refitting) and reduce again.
+
+    With STUDY_FILE, its metrics replace the frozen ones (new metrics, a changed definition or
+    probability level); everything else in it must be the frozen study.
+    """
+    from .remetric import remetric as do_remetric
+
+    study = load_study_file(study_file) if study_file else None
+    out = do_remetric(result_dir, study)
+    click.echo(f"{out.n_success} succeeded, {out.n_failed} failed, {out.n_missing} missing of {out.n_tasks} tasks "
+               f"-> {out.path}")
     sys.exit(EXIT_OK if not (out.n_missing or out.n_failed) else EXIT_INCOMPLETE)
 
 

@@ -161,3 +161,42 @@ def test_interrupted_extension_finishes_on_next_load(tmp_path, monkeypatch):
     callcount.CALLS.clear()
     res = run_simulation(config(rdir, n_replicates=6), **QUIET)
     assert len(res.summary) == 12 and len(callcount.CALLS) == 4
+
+
+# --- remetric --------------------------------------------------------------------------------
+def test_remetric_equals_a_fresh_run_with_the_new_metric(tmp_path):
+    from bayesim_hpc.remetric import remetric
+
+    rdir = tmp_path / "r"
+    run_simulation(config(rdir), **QUIET)
+    run_simulation(config(rdir, metrics=[rmse_metric(), bias_metric(), coverage_metric()], n_replicates=5), **QUIET)
+    callcount.CALLS.clear()
+    out = remetric(rdir, emit=lambda s: None)
+    # data regenerated once per task (plus one check before anything is written), nothing refitted
+    assert out.n_success == 10 and len(callcount.CALLS) == 11
+    # and a changed definition (probability level) from a study file's metrics
+    changed = config(rdir, metrics=[rmse_metric(), bias_metric(), coverage_metric(0.5, name="coverage")],
+                     n_replicates=5)
+    remetric(rdir, changed, emit=lambda s: None)
+    res = load_results(rdir)
+    fresh = run_simulation(config(tmp_path / "fresh", metrics=[rmse_metric(), bias_metric(),
+                                                                 coverage_metric(0.5, name="coverage")],
+                                  n_replicates=5), **QUIET)
+    a, b = _metric_frame(res.summary), _metric_frame(fresh.summary)
+    pd.testing.assert_frame_equal(a, b[a.columns], check_exact=True)
+    cells_a = res.cells.drop(columns=[c for c in res.cells.columns if c.startswith("timing")])
+    cells_b = fresh.cells[cells_a.columns]
+    pd.testing.assert_frame_equal(cells_a, cells_b, check_exact=True)
+    # the refit-free definition is now the frozen one: running the study file again is no change
+    callcount.CALLS.clear()
+    run_simulation(changed, **QUIET)
+    assert callcount.CALLS == []
+
+
+def test_remetric_without_draws_is_refused_naming_the_retention(tmp_path):
+    from bayesim_hpc.remetric import RemetricRefused, remetric
+
+    rdir = tmp_path / "r"
+    run_simulation(config(rdir, retain="standard"), **QUIET)
+    with pytest.raises(RemetricRefused, match=r"retain=\['draws'\]"):
+        remetric(rdir, emit=lambda s: None)
