@@ -23,6 +23,7 @@ from .locking import DirLock
 from .manifest import Manifest
 from .resultdir import ResultDir
 from .grid import space_from_raw
+from .adaptive import adaptive_notes
 from .history import lifecycle_notes
 from .reduce import select_winners
 from .storage import read_rows, shard_dir
@@ -193,7 +194,7 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
     n_warn = int(np.nansum(win.tracked["n_warnings"]))
     return StudyStatus(
         path=str(rd.path), n_tasks=n_active, n_success=n_success, n_failed=n_failed,
-        n_missing=n_active - n_success - n_failed, history=lifecycle_notes(raw),
+        n_missing=n_active - n_success - n_failed, history=lifecycle_notes(raw) + adaptive_notes(raw, rd.cells),
         n_hidden=n - n_active,
         n_warnings=n_warn, cells=cells, shards=shards,
         corrupt=[{"segment": seg, "error": e} for seg, e in win.corrupt],

@@ -200,3 +200,43 @@ def test_remetric_without_draws_is_refused_naming_the_retention(tmp_path):
     run_simulation(config(rdir, retain="standard"), **QUIET)
     with pytest.raises(RemetricRefused, match=r"retain=\['draws'\]"):
         remetric(rdir, emit=lambda s: None)
+
+
+# --- adaptive replicates -----------------------------------------------------------------------
+def test_n_replicates_for_plans_coverage_and_bias():
+    from bayesim_hpc import n_replicates_for
+
+    assert n_replicates_for(0.01, "coverage", expected=0.95) == 475  # 0.95 * 0.05 / 0.01^2
+    assert n_replicates_for(0.05, "coverage") == 100
+    assert n_replicates_for(0.02, "bias__slope", pilot_sd=0.3) == 225
+    with pytest.raises(Exception, match="pilot_sd"):
+        n_replicates_for(0.02, "bias")
+
+
+def test_adaptive_stops_at_the_target(tmp_path):
+    from bayesim_hpc import run_adaptive
+
+    rdir = tmp_path / "r"
+    target = {"bias__slope": 0.03}
+    res = run_adaptive(config(rdir, n_replicates=5), target_mcse=target, max_replicates=400, **QUIET)
+    cells = res.cells
+    assert (cells["bias__slope__mcse"] <= 0.03).all()
+    assert (cells["n_tasks"] > 5).all() and (cells["n_tasks"] < 400).all()
+    text = study_status(rdir).render()
+    assert "adaptive round 1" in text and "2 of 2 cell(s) meet it" in text
+    # every task is the task a plain run with as many replicates gives, bit for bit
+    n = int(cells["n_tasks"].max())
+    fresh = _metric_frame(run_simulation(config(tmp_path / "fresh", n_replicates=n), **QUIET).summary)
+    mine = _metric_frame(res.summary)
+    pd.testing.assert_frame_equal(mine, fresh.loc[mine.index, mine.columns], check_exact=True)
+
+
+def test_adaptive_stops_at_the_cap(tmp_path):
+    from bayesim_hpc import run_adaptive
+
+    rdir = tmp_path / "r"
+    res = run_adaptive(config(rdir, n_replicates=3), target_mcse={"bias": 1e-6, "rmse": 1e-6},
+                       max_replicates=14, **QUIET)
+    assert (res.cells["n_tasks"] == 14).all()
+    text = study_status(rdir).render()
+    assert "at cap" in text and "0 of 2 cell(s) meet it" in text
