@@ -165,6 +165,7 @@ def run_adaptive(config: Study, executor: str | Any = "inline", *, target_mcse: 
         emit(f"bayesim-hpc adaptive round {round_no}: more replicates for {len(grow)} cell(s): "
              + ", ".join(f"{k} -> {v}" for k, v in list(grow.items())[:6]) + (" ..." if len(grow) > 6 else ""))
         opts = {k: v for k, v in run_options.items() if k not in ("resume", "force", "shard_size")}
+        opts.setdefault("retry_failed", False)  # a round runs its new tasks; `resume` retries failures
         result = resume_simulation(rd.path, executor, emit=emit, **opts)
     return result
 

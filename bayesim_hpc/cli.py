@@ -136,10 +136,18 @@ def _slurm_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--shard-size", type=int, default=None, help="Tasks per shard at the first run.")
 @click.option("--progress/--no-progress", default=None, help="Progress line (default: on a terminal).")
 @_keep_going_opt
+@click.option("--target-mcse", "target_mcse", multiple=True, metavar="MEASURE=MCSE",
+              help="Adaptive replicates: add replicates in rounds until each cell's MCSE of MEASURE (a cells.csv "
+                   "measure or its prefix, e.g. coverage=0.01, bias__slope=0.02) is at most MCSE. Repeatable.")
+@click.option("--max-replicates", type=int, default=None, help="Cap of replicates per cell for --target-mcse.")
 @handle_errors
 def run(study_file, result_dir, executor, workers, profile, partition, time_, mem, detach, dry_run, force,
-        shard_size, progress, keep_going) -> None:
-    """Run the study defined in STUDY_FILE (it defines `config = simulation_config(...)`)."""
+        shard_size, progress, keep_going, target_mcse, max_replicates) -> None:
+    """Run the study defined in STUDY_FILE (it defines `config = simulation_config(...)`).
+
+    On an existing result directory the study may have grown (more replicates, new grid rows,
+    new metrics): only the new tasks run. See docs/growing-a-study.md.
+    """
     from .runner import run_simulation
 
     config = load_study_file(study_file)
@@ -152,6 +160,23 @@ def run(study_file, result_dir, executor, workers, profile, partition, time_, me
         _print_plan(config, executor, workers, shard_size)
         return
     opts = _executor_options(executor, profile, partition, time_, mem, dry_run, detach)
+    if target_mcse or max_replicates is not None:
+        from .adaptive import run_adaptive
+
+        if not (target_mcse and max_replicates):
+            raise click.UsageError("adaptive replicates need both --target-mcse MEASURE=MCSE and --max-replicates N")
+        if detach or dry_run:
+            raise click.UsageError("--target-mcse runs rounds and needs the driver: not with --detach or --dry-run")
+        targets = {}
+        for item in target_mcse:
+            key, _, val = item.partition("=")
+            try:
+                targets[key.strip()] = float(val)
+            except ValueError:
+                raise click.UsageError(f"--target-mcse {item!r}: write MEASURE=MCSE, e.g. coverage=0.01") from None
+        result = run_adaptive(config, executor, target_mcse=targets, max_replicates=max_replicates, workers=workers,
+                              force=force, shard_size=shard_size, progress=progress, keep_going=keep_going, **opts)
+        sys.exit(_finish_code(result))
     result = run_simulation(config, executor, workers=workers, force=force, shard_size=shard_size, progress=progress,
                             keep_going=keep_going, **opts)
     sys.exit(_finish_code(result))
