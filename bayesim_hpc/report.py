@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .history import lifecycle_notes
 from .results import load_results
 
 __all__ = ["build_report"]
@@ -140,6 +141,9 @@ def build_report(path: str | Path, out: str | Path | None = None) -> Path:
     ]
     for p in plots:
         parts.append(f"<h2>{html.escape(p['title'])}</h2><img src='{p['file']}' alt='{html.escape(p['title'])}'>")
+    history = lifecycle_notes(raw)
+    if history:  # what was added to the study, and when (docs/growing-a-study.md)
+        parts.append("<h2>History</h2><ul>" + "".join(f"<li>{html.escape(h)}</li>" for h in history) + "</ul>")
     parts.append("</body></html>")
     out.write_text("\n".join(parts))
     (out.parent / "report.json").write_text(json.dumps({"html": str(out), "plots": plots}, indent=1))

@@ -240,3 +240,37 @@ def test_adaptive_stops_at_the_cap(tmp_path):
     assert (res.cells["n_tasks"] == 14).all()
     text = study_status(rdir).render()
     assert "at cap" in text and "0 of 2 cell(s) meet it" in text
+
+
+def test_cli_grow_remetric_adaptive_and_report_history(tmp_path):
+    from click.testing import CliRunner
+
+    from bayesim_hpc.cli import main
+
+    study = tmp_path / "study.py"
+    body = ("from bayesim_hpc import MockFitter, bias_metric, coverage_metric, rmse_metric, simulation_config\n"
+            "from tests.studies.linear import generate\n"
+            "config = simulation_config(data_grid={{'n': [40], 'sigma': [1.0]}}, fit_grid={{'model': ['a']}}, data_generator=generate,\n"
+            "    fitter=MockFitter(), metrics=[rmse_metric(), {metric}], n_replicates={n}, seed=3, retain=['draws'])\n")
+    out = tmp_path / "res"
+
+    def invoke(*args):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    study.write_text(body.format(metric="bias_metric()", n=4))
+    assert invoke("run", study, "-o", out, "-e", "inline", "--no-progress").exit_code == 0
+    study.write_text(body.format(metric="bias_metric(), coverage_metric()", n=6))
+    r = invoke("run", study, "-o", out, "-e", "inline", "--no-progress")
+    assert r.exit_code == 0 and "the study grew: n_replicates 4 -> 6" in r.output
+    study.write_text(body.format(metric="bias_metric(), coverage_metric(0.5, name='coverage')", n=6))
+    r = invoke("run", study, "-o", out, "-e", "inline", "--no-progress")
+    assert r.exit_code == 6 and "metric 'coverage'" in r.output and "remetric" in r.output
+    r = invoke("remetric", out, study)
+    assert r.exit_code == 0 and "6 succeeded" in r.output
+    r = invoke("run", study, "-o", out, "-e", "inline", "--no-progress", "--target-mcse", "bias=0.05",
+               "--max-replicates", "12")
+    assert r.exit_code == 0, r.output
+    r = invoke("status", out)
+    assert "remetric: metrics" in r.output and "adaptive: target MCSE bias <= 0.05" in r.output
+    assert invoke("report", out).exit_code == 0
+    assert "<h2>History</h2>" in (out / "report.html").read_text()
