@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
@@ -73,7 +74,8 @@ class _Block:
         self.cells = cn[np.lexsort((pairs[:, 1], pairs[:, 0]))] if cn.size else cn
         self.nr = self.r1 - self.r0
         self.size = int(self.cells.size) * self.nr
-        self.pos_of = {int(k): i for i, k in enumerate(self.cells)}
+        self.cells_list = self.cells.tolist()  # plain ints: per-task lookups without numpy scalars
+        self.pos_of = {k: i for i, k in enumerate(self.cells_list)}
         pairs = all_cells[self.cells]
         # shard order: this block's cells sorted by (fit, data); positions into self.cells
         self.shard_cellpos = np.lexsort((pairs[:, 0], pairs[:, 1])) if self.cells.size else self.cells
@@ -120,7 +122,9 @@ class TaskSpace:
             off += b.size
         self.n_tasks = off
         self._offsets = np.array([b.offset for b in self.blocks], dtype=np.int64)
-        self._cell_lookup = {(int(d), int(f)): i for i, (d, f) in enumerate(self.cells)}
+        self._offsets_list = self._offsets.tolist()
+        self._cells_list = [tuple(c) for c in self.cells.tolist()]
+        self._cell_lookup = {c: i for i, c in enumerate(self._cells_list)}
         self.hidden = np.zeros(len(self.cells), dtype=bool)
         self.hidden[np.asarray(list(hidden), dtype=np.int64)] = True
         self.cell_reps = np.zeros(len(self.cells), dtype=np.int64)
@@ -204,13 +208,14 @@ class TaskSpace:
         raise KeyError(f"{task_id!r} is not a task of this study")
 
     def ref(self, index: int) -> TaskRef:
+        index = int(index)
         if not 0 <= index < self.n_tasks:
             raise IndexError(index)
-        b = self.blocks[int(np.searchsorted(self._offsets, index, side="right")) - 1]
-        pos, rr = divmod(int(index) - b.offset, b.nr)
-        d, f = (int(v) for v in self.cells[b.cells[pos]])
+        b = self.blocks[bisect.bisect_right(self._offsets_list, index) - 1] if len(self.blocks) > 1 else self.blocks[0]
+        pos, rr = divmod(index - b.offset, b.nr)
+        d, f = self._cells_list[b.cells_list[pos]]
         r = b.r0 + rr
-        return TaskRef(int(index), d, f, r, self.format_id(d, f, r))
+        return TaskRef(index, d, f, r, self.format_id(d, f, r))
 
     def task_id(self, index: int) -> str:
         return self.ref(index).task_id
