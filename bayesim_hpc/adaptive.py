@@ -148,6 +148,9 @@ def run_adaptive(config: Study, executor: str | Any = "inline", *, target_mcse: 
                           "start with fewer replicates or raise the cap")
     if config.result_path is None:
         raise ConfigError("result_path", None, "is needed for adaptive rounds", "give result_path=...")
+    if run_options.get("detach") or run_options.get("dry_run"):
+        raise ConfigError("detach" if run_options.get("detach") else "dry_run", True,
+                          "leaves no results to measure between rounds", "run adaptive rounds with the driver attached")
     emit = emit or _stderr
     result = run_simulation(config, executor, emit=emit, **run_options)
     rd = ResultDir(config.result_path)
