@@ -52,8 +52,8 @@ def main() -> None:
           f"{'all shards ms':>14} {'from_layout ms':>15}")
     for name, sp in spaces().items():
         ids = [sp.task_id(i) for i in range(0, sp.n_tasks, 997)]
-        r = per_call(lambda i: sp.ref((i * 7919) % sp.n_tasks), 20000) * 1e6
-        p = per_call(lambda i: sp.parse_id(ids[i % len(ids)]), 20000) * 1e6
+        r = per_call(lambda i, sp=sp: sp.ref((i * 7919) % sp.n_tasks), 20000) * 1e6
+        p = per_call(lambda i, sp=sp, ids=ids: sp.parse_id(ids[i % len(ids)]), 20000) * 1e6
         t = time.perf_counter()
         sp.cell_and_rep(np.arange(sp.n_tasks))
         car = (time.perf_counter() - t) * 1e3
