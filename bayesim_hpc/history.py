@@ -22,6 +22,8 @@ def lifecycle_notes(raw: dict[str, Any]) -> list[str]:
         when = str(h.get("time", "?"))[:16].replace("T", " ")
         what = "; ".join(h.get("what", [])) or "no change"
         out.append(f"{when}  {what}")
+    if raw.get("remetric_pending"):
+        out.append("remetric unfinished (interrupted): run `bayesim-hpc remetric DIR` again to finish it")
     runtime = raw.get("runtime") or {}
     if runtime.get("retain") is not None and list(runtime["retain"]) != list(raw.get("retain", runtime["retain"])):
         out.append(f"retention of the last run {runtime['retain']} differs from the frozen {raw.get('retain')}")

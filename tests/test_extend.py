@@ -290,3 +290,33 @@ def test_runtime_settings_of_the_growing_run_apply_to_new_tasks(tmp_path):
     assert new_shards and all(b - a <= 3 for a, b in new_shards)
     new_segments = [p for p in iter_segment_paths(rdir) if p not in before]
     assert new_segments and all(read_rows(p).n_rows <= 2 for p in new_segments)
+
+
+def test_remetric_killed_midway_is_finished_by_running_it_again(tmp_path, monkeypatch):
+    import bayesim_hpc.remetric as rm
+
+    rdir = tmp_path / "r"
+    run_simulation(config(rdir, n_replicates=6, data_grid={"n": [30, 60, 90], "sigma": [1.0]}), shard_size=6,
+                   **QUIET)
+    new = [rmse_metric(), bias_metric(), coverage_metric(0.5)]
+    study = config(rdir, n_replicates=6, data_grid={"n": [30, 60, 90], "sigma": [1.0]}, metrics=new)
+    real, calls = rm.write_segment, []
+
+    def dies_after_one(*a, **k):
+        if calls:
+            raise KeyboardInterrupt("killed")
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(rm, "write_segment", dies_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        rm.remetric(rdir, study, emit=lambda s: None, block=6)
+    monkeypatch.setattr(rm, "write_segment", real)
+    assert json.loads((rdir / "study.json").read_text())["remetric_pending"] is True
+    assert "remetric" in study_status(rdir).render()
+    rm.remetric(rdir, emit=lambda s: None)  # again: the frozen metrics are now the new ones
+    assert "remetric_pending" not in json.loads((rdir / "study.json").read_text())
+    fresh = run_simulation(config(tmp_path / "f", n_replicates=6, data_grid={"n": [30, 60, 90], "sigma": [1.0]},
+                                  metrics=new), **QUIET)
+    a, b = _metric_frame(load_results(rdir).summary), _metric_frame(fresh.summary)
+    pd.testing.assert_frame_equal(a, b[a.columns], check_exact=True)
