@@ -168,7 +168,8 @@ def plan_extension(raw: dict[str, Any], frozen: Study, new: Study, path: str = "
         what.append(f"n_replicates {n_rep_then} -> {n_rep}")
     for name, df, idx in (("data_grid", dg, dnew), ("fit_grid", fg, fnew)):
         if idx:
-            rows = [{c: (v.item() if isinstance(v, np.generic) else v) for c, v in df.iloc[i].items()} for i in idx[:5]]
+            rows = [{c: (df[c].iloc[i].item() if isinstance(df[c].iloc[i], np.generic) else df[c].iloc[i])
+                     for c in df.columns} for i in idx[:5]]  # column-wise: a row Series would make ints floats
             what.append(f"{name}: {len(idx)} new row(s) {rows}" + (" ..." if len(idx) > 5 else ""))
     n_new = ext_space.n_tasks - space.n_tasks
     if n_new:

@@ -320,3 +320,16 @@ def test_remetric_killed_midway_is_finished_by_running_it_again(tmp_path, monkey
                                   metrics=new), **QUIET)
     a, b = _metric_frame(load_results(rdir).summary), _metric_frame(fresh.summary)
     pd.testing.assert_frame_equal(a, b[a.columns], check_exact=True)
+
+
+def test_task_grid_study_grows_and_hides_pairs(tmp_path):
+    tg = pd.DataFrame({"data_idx": [1, 2], "fit_idx": [1, 2]})
+    grid = dict(fit_grid={"model": ["a", "b"]})
+    run_simulation(config(tmp_path / "r", task_grid=tg, n_replicates=3, **grid), **QUIET)
+    tg2 = pd.DataFrame({"data_idx": [1, 2, 3, 1], "fit_idx": [1, 2, 1, 2]})
+    kw = dict(data_grid={"n": [30, 60, 90], "sigma": [1.0]}, task_grid=tg2, n_replicates=4, **grid)
+    grown = _metric_frame(run_simulation(config(tmp_path / "r", **kw), **QUIET).summary)
+    fresh = _metric_frame(run_simulation(config(tmp_path / "f", **kw), **QUIET).summary)
+    pd.testing.assert_frame_equal(grown, fresh[grown.columns], check_exact=True)
+    dropped = run_simulation(config(tmp_path / "r", **dict(kw, task_grid=tg2.iloc[:3])), **QUIET)
+    assert len(dropped.summary) == 12 and not dropped.summary["task_id"].str.startswith("d001_f002").any()
