@@ -264,7 +264,7 @@ def remetric(result_dir, study_file) -> None:
     With STUDY_FILE, its metrics replace the frozen ones (new metrics, a changed definition or
     probability level); everything else in it must be the frozen study.
     """
-    from .remetric import remetric as do_remetric
+    from .recompute import remetric as do_remetric
 
     study = load_study_file(study_file) if study_file else None
     out = do_remetric(result_dir, study)

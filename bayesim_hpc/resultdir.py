@@ -3,8 +3,10 @@
 ::
 
     <result_path>/
-      study.json    frozen study: grids, seeds, retention, shard plan, fingerprint, versions
+      study.json    frozen study: grids, seeds, retention, task layout (blocks, id widths), shard
+                    plan, fingerprint, code text, history, runtime settings, versions
       study.pkl     the study's code (cloudpickle), so workers and ``resume DIR`` can run it
+                    (``.study.pkl.next`` while a grown study is frozen: ResultDir.apply_extension)
       manifest.json shard states, attempts, job ids, reasons (under manifest.lock)
       driver.lock   held by the one driver at a time
       shards/       per-shard HDF5 segments: the durable truth

@@ -165,7 +165,7 @@ def test_interrupted_extension_finishes_on_next_load(tmp_path, monkeypatch):
 
 # --- remetric --------------------------------------------------------------------------------
 def test_remetric_equals_a_fresh_run_with_the_new_metric(tmp_path):
-    from bayesim_hpc.remetric import remetric
+    from bayesim_hpc.recompute import remetric
 
     rdir = tmp_path / "r"
     run_simulation(config(rdir), **QUIET)
@@ -194,7 +194,7 @@ def test_remetric_equals_a_fresh_run_with_the_new_metric(tmp_path):
 
 
 def test_remetric_without_draws_is_refused_naming_the_retention(tmp_path):
-    from bayesim_hpc.remetric import RemetricRefused, remetric
+    from bayesim_hpc.recompute import RemetricRefused, remetric
 
     rdir = tmp_path / "r"
     run_simulation(config(rdir, retain="standard"), **QUIET)
@@ -293,7 +293,7 @@ def test_runtime_settings_of_the_growing_run_apply_to_new_tasks(tmp_path):
 
 
 def test_remetric_killed_midway_is_finished_by_running_it_again(tmp_path, monkeypatch):
-    import bayesim_hpc.remetric as rm
+    import bayesim_hpc.recompute as rm
 
     rdir = tmp_path / "r"
     run_simulation(config(rdir, n_replicates=6, data_grid={"n": [30, 60, 90], "sigma": [1.0]}), shard_size=6,
