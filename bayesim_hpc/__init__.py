@@ -24,11 +24,14 @@ _WHERE = {
     "MockFitter": "fitters.mock", "ConjugateLinearFitter": "fitters.conjugate", "PyMCFitter": "fitters.pymc",
     "rmse_metric": "metrics", "bias_metric": "metrics", "coverage_metric": "metrics",
     "interval_width_metric": "metrics", "posterior_mean_metric": "metrics", "posterior_sd_metric": "metrics",
-    "sbc_rank_metric": "metrics",
+    "sbc_rank_metric": "metrics", "power_metric": "metrics",
+    "compare": "compare", "export_results": "export",
     "resolve_retention": "retention", "expand_grid": "grid",
     "list_checkpoints": "checkpoints", "clean_old_checkpoints": "checkpoints", "estimate_size": "checkpoints",
     "BayesimError": "errors", "ConfigError": "errors", "StudyChangedError": "errors",
     "DriverLockedError": "errors", "ErrorBudgetExceeded": "errors", "TaskError": "errors",
+    "LockLostError": "errors", "DriverStopped": "errors", "StorageFullError": "storage",
+    "UntrustedResultDir": "resultdir",
 }
 
 __all__ = sorted(_WHERE)

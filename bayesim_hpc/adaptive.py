@@ -10,8 +10,8 @@ recorded in the history, so a driver killed in a round is finished by ``resume``
 second ``run_adaptive`` goes on from there.
 
 A target key names a per-cell measure of ``cells.csv`` or a prefix of it on ``__``
-boundaries: ``"coverage"`` covers ``coverage__mean`` and every ``coverage__by_param__<p>``,
-``"bias"`` every ``bias__<p>``, ``"bias__slope"`` only that parameter. Each measure needs
+boundaries: ``"cover90"`` covers every ``cover90__<p>`` (``"coverage"`` every coverage measure
+``cover<level>__<p>``), ``"bias"`` every ``bias__<p>``, ``"bias__slope"`` only that parameter. Each measure needs
 its ``<measure>__mcse`` column. An MCSE of 0 (e.g. coverage 1.0 in every replicate) counts
 as met; a missing MCSE (fewer than 2 successes) as missed.
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -105,7 +106,14 @@ class CellDistance:
         return self.ratio <= 1.0
 
 
+_COVER = re.compile(r"^cover\d+(__|$)")
+
+
 def _matches(col: str, key: str) -> bool:
+    if key == "coverage" and _COVER.match(col):  # any level: cover90__slope, cover50__mu, ...
+        return True
+    if key.startswith("coverage__") and _COVER.match(col):  # coverage__slope: that parameter at any level
+        return col.split("__", 1)[1] == key.split("__", 1)[1] or col.split("__", 1)[1].startswith(key.split("__", 1)[1] + "__")
     return col == key or col.startswith(key + "__")
 
 

@@ -7,10 +7,15 @@
     bayesim-hpc resume results/lin
     bayesim-hpc report results/lin
     bayesim-hpc remetric results/lin [study.py]   # metrics again, from retained draws
+    bayesim-hpc export results/lin --format parquet --output results/lin/export
 
 Exit codes: 0 done; 1 error; 2 usage error; 3 the study is not complete (tasks missing or
-failed); 4 stopped by the error budget (``max_errors``); 5 the result directory is in use
-by another driver; 6 the study changed since the result directory was made.
+failed, or the driver was stopped by SIGTERM / ``cancel``); 4 stopped by the error budget
+(``max_errors``) or early on a systematic failure; 5 the result directory is in use by another
+driver (or this driver lost its lock to another); 6 the study changed since the result
+directory was made; 7 the result directory belongs to another user and is not trusted
+(``bayesim-hpc trust DIR``); 130 interrupted by Ctrl-C (what finished is kept, ``resume``
+finishes the rest). Each error class carries its code as ``exit_code``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from typing import Any, Callable
 
 import click
 
-EXIT_OK, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_BUDGET, EXIT_LOCKED, EXIT_CHANGED = 0, 1, 3, 4, 5, 6
+EXIT_OK, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_BUDGET, EXIT_LOCKED, EXIT_CHANGED, EXIT_UNTRUSTED = 0, 1, 3, 4, 5, 6, 7
+EXIT_INTERRUPTED = 130
 
 
 def _fail(msg: str, code: int) -> None:
@@ -40,18 +46,20 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .errors import BayesimError, DriverLockedError, ErrorBudgetExceeded, StudyChangedError
+        from .errors import BayesimError
 
         debug = click.get_current_context().find_root().params.get("debug", False)
         try:
             return fn(*args, **kwargs)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
+        except KeyboardInterrupt:  # outside a run (a run turns it into Interrupted)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            _fail("interrupted", EXIT_INTERRUPTED)
         except Exception as exc:
             if debug:
                 traceback.print_exc()
-            code = next((c for cls, c in ((DriverLockedError, EXIT_LOCKED), (ErrorBudgetExceeded, EXIT_BUDGET),
-                                          (StudyChangedError, EXIT_CHANGED)) if isinstance(exc, cls)), EXIT_ERROR)
+            code = getattr(exc, "exit_code", EXIT_ERROR)
             name = "" if isinstance(exc, (BayesimError, FileNotFoundError, ValueError)) else f"{type(exc).__name__}: "
             _fail(f"{name}{exc}" + ("" if debug else "  (--debug for the traceback)" if code == EXIT_ERROR and name else ""), code)
 
@@ -66,11 +74,27 @@ def load_study_file(path: str) -> Any:
     if not p.is_file():
         raise FileNotFoundError(f"no study file {path}")
     sys.path.insert(0, str(p.resolve().parent))
-    ns = runpy.run_path(str(p), run_name="bayesim_study")
+    try:
+        ns = runpy.run_path(str(p), run_name="bayesim_study")
+    except Exception as exc:
+        from .errors import BayesimError
+
+        where = f"{exc.filename}:{exc.lineno}" if isinstance(exc, SyntaxError) else _study_line(exc, p)
+        if isinstance(exc, BayesimError):
+            raise BayesimError(f"{exc} (in {where})") from exc
+        raise BayesimError(f"the study file failed at {where}: {type(exc).__name__}: {exc}") from exc
     config = ns.get("config")
     if not isinstance(config, Study):
         raise click.UsageError(f"{path} must define `config = simulation_config(...)` at top level")
     return dataclasses.replace(config, study_file=str(p.resolve()))
+
+
+def _study_line(exc: BaseException, path: Path) -> str:
+    """``file:line`` of the deepest frame of ``exc`` in the study file (else its last frame)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = [f for f in frames if Path(f.filename).resolve() == path.resolve()]
+    f = (mine or frames or [None])[-1]
+    return f"{f.filename}:{f.lineno}" if f is not None else str(path)
 
 
 def _executor_options(executor: str, profile, partition, time_, mem, dry_run, detach) -> dict[str, Any]:
@@ -97,6 +121,9 @@ def _finish_code(result: Any) -> int:
 @click.version_option(package_name="bayesim-hpc")
 def main(debug: bool) -> None:
     """Run Bayesian simulation studies on laptops and Slurm clusters, durably."""
+    from . import runner
+
+    runner.IGNORE_SIGINT_AFTER_INTERRUPT = True  # this process reports and exits after a Ctrl-C
     # as `python -m` would: modules a study refers to (e.g. mypkg.generators) import from here
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -182,14 +209,40 @@ def run(study_file, result_dir, executor, workers, profile, partition, time_, me
     sys.exit(_finish_code(result))
 
 
+@main.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--cell", "cells", multiple=True, help="Only this cell, e.g. d002_f001 (repeatable).")
+@click.option("--traceback", "show_traceback", is_flag=True, help="Show the traceback of failed cells.")
+@handle_errors
+def check(study_file, cells, show_traceback) -> None:
+    """Preflight: run the first replicate of every cell here, before anything is submitted.
+
+    Prints per cell: success or the error, warnings, wall time and peak memory. Exits 1 if
+    any cell fails. Nothing is written.
+    """
+    from .preflight import preflight, render_check, render_checks
+
+    config = load_study_file(study_file)
+    click.echo(f"check: running replicate 1 of {len(config.space.cells) if not cells else len(cells)} cell(s) of "
+               f"{study_file} in this process (the same tasks, ids and seeds as the real run)", err=True)
+    checks = preflight(config, cells or None,
+                       on_cell=lambda c: click.echo(render_check(c, study_file, show_traceback)))
+    click.echo(render_checks(checks))
+    sys.exit(EXIT_OK if all(c.ok for c in checks) else EXIT_ERROR)
+
+
 def _print_plan(config: Any, executor: str, workers: int | None, shard_size: int | None) -> None:
     from .executors import make_executor
     from .executors.base import default_shard_size
     from .grid import plan_shards
 
+    from .runner import size_warnings
+
     ex = make_executor(executor, workers=workers)
     size = shard_size or config.shard_size or default_shard_size(config.n_tasks, ex.parallelism)
     shards = plan_shards(config.space, size)
+    for line in size_warnings(config):
+        click.echo(line, err=True)
     click.echo(f"dry run: {config.n_tasks} tasks ({len(config.data_grid)} data x {len(config.fit_grid)} fit configurations"
                f" x {config.n_replicates} replicates) in {len(shards)} shards of <= {size}, executor {executor} "
                f"({ex.parallelism} slot(s)); nothing was run.")
@@ -278,10 +331,25 @@ def remetric(result_dir, study_file) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), help="HTML file (default: RESULT_DIR/report.html).")
 @handle_errors
 def report(result_dir, out) -> None:
-    """Write an HTML report: per-cell measures with MCSE, coverage/bias plots, diagnostics, SBC ranks."""
+    """Write one self-contained HTML report: bias, coverage (zip plots), precision, convergence, SBC, failures."""
     from .report import build_report
 
     click.echo(str(build_report(result_dir, out)))
+
+
+@main.command()
+@click.argument("result_dir", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True)
+@click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
+              help="Folder for the files (default: RESULT_DIR/export).")
+@click.option("--reference", type=int, default=None, help="fit_idx of the reference fit row for comparisons (default 1).")
+@handle_errors
+def export(result_dir, fmt, output, reference) -> None:
+    """Write summary, cells and comparisons, wide and long, as Parquet or CSV (read-only: no study code runs)."""
+    from .export import export_results
+
+    for path in export_results(result_dir, output or Path(result_dir) / "export", fmt, reference):
+        click.echo(str(path))
 
 
 @main.command()
@@ -306,8 +374,15 @@ def cancel(result_dir) -> None:
         click.echo(f"cancelled {len(cancelled)} Slurm job(s): {' '.join(cancelled) or '-'}")
     holder = DirLock(rd.driver_lock).holder()
     if holder and holder.host == socket.gethostname():
-        os.kill(holder.pid, signal.SIGTERM)
-        click.echo(f"sent SIGTERM to the driver ({holder.describe()}); its workers flush and stop")
+        from .locking import _alive
+
+        if not _alive(holder.pid, holder.pid_started):  # the pid is gone or now another process
+            click.echo(f"the driver lock names {holder.describe()}, but that process is gone (pid {holder.pid} "
+                       "is free or belongs to another process now); nothing was signalled")
+        else:
+            os.kill(holder.pid, signal.SIGTERM)
+            click.echo(f"sent SIGTERM to the driver ({holder.describe()}); it stops its workers (they flush "
+                       "finished tasks), records the end and releases the lock")
     elif holder:
         click.echo(f"the driver runs on {holder.host} (pid {holder.pid}); stop it there")
     elif not runs or runs[-1].get("executor") != "slurm":
@@ -316,16 +391,42 @@ def cancel(result_dir) -> None:
 
 @main.command()
 @click.argument("result_dir", type=click.Path(file_okay=False))
+@click.option("--remove", is_flag=True, help="Stop trusting it.")
+@handle_errors
+def trust(result_dir, remove) -> None:
+    """Trust a result directory another user owns: run/resume/replay may then load its code.
+
+    Like git's safe.directory: a study.pkl runs code when loaded, so directories of other
+    users are refused until you trust them. The list is ~/.config/bayesim-hpc/safe-directories.
+    """
+    from .resultdir import trust_file
+
+    real = str(Path(result_dir).resolve())
+    f = trust_file()
+    lines = [ln.strip() for ln in f.read_text().splitlines() if ln.strip()] if f.exists() else []
+    lines = [ln for ln in lines if ln != real] + ([] if remove else [real])
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text("".join(ln + "\n" for ln in lines))
+    click.echo(f"{'no longer trusted' if remove else 'trusted'}: {real} ({f})")
+
+
+@main.command()
+@click.argument("result_dir", type=click.Path(file_okay=False))
 @click.option("--keep", "keep_n", type=int, default=3, show_default=True, help="Discarded result folders to keep.")
 @handle_errors
 def clean(result_dir, keep_n) -> None:
-    """Remove superseded or damaged segments and temp files (never the only copy of a result)."""
+    """Remove superseded segments and dead writers' temp files; quarantine damaged ones (never the only copy of a result)."""
     from .checkpoints import clean_old_checkpoints
 
     rep = clean_old_checkpoints(result_dir, keep_n=keep_n)
     for r in rep.removed:
         click.echo(f"removed {r}")
-    click.echo(f"{len(rep.removed)} item(s), {rep.bytes_freed / 1e6:.1f} MB freed")
+    for r, why in rep.quarantined:
+        click.echo(f"quarantined {r} -> quarantine/: {why}")
+    for r, why in rep.kept:
+        click.echo(f"kept {r}: {why}")
+    click.echo(f"{len(rep.removed)} item(s) removed, {len(rep.quarantined)} quarantined, "
+               f"{rep.bytes_freed / 1e6:.1f} MB freed")
 
 
 @main.command()

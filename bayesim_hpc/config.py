@@ -102,6 +102,12 @@ class Study:
         """Row ``f`` (0-based) of the fit grid as a new plain dict, types kept as in :meth:`data_spec`."""
         return {k: v[f] for k, v in self._columns[1].items()}
 
+    def cell_label(self, d: int, f: int) -> str:
+        """A cell's grid values, as a person reads them: ``n=50, sigma=0.5 | model=linear``."""
+        data = ", ".join(f"{k}={v}" for k, v in self.data_spec(d).items())
+        fit = ", ".join(f"{k}={v}" for k, v in self.fit_spec(f).items())
+        return f"{data} | {fit}"
+
     def metric_kinds(self) -> dict[str, str]:
         return {m.name: getattr(m, "kind", "mean") for m in self.metrics}
 
@@ -122,7 +128,11 @@ def _plain(v: Any) -> Any:
 
 def _plain_columns(df: pd.DataFrame) -> dict[str, list[Any]]:
     """Column-wise, never row-wise: ``df.iloc[i]`` of mixed int/float columns is one float Series."""
-    return {str(col): [_plain(v) for v in df[col].tolist()] for col in df.columns}
+    out = {}
+    for col in df.columns:
+        values = df[col].tolist()  # numeric and bool columns come back as Python int/float/bool
+        out[str(col)] = [_plain(v) for v in values] if df[col].dtype == object else values
+    return out
 
 
 # --- validation ------------------------------------------------------------------------
@@ -269,6 +279,14 @@ def simulation_config(
         raise ConfigError("metrics", metrics, "is empty", "give at least one metric, e.g. [rmse_metric()]")
     names: list[str] = []
     for i, m in enumerate(metrics):
+        if isinstance(m, str):
+            from . import metrics as builtin
+
+            factory = f"{m.lower().removesuffix('_metric')}_metric"
+            known = sorted(n for n in dir(builtin) if n.endswith("_metric") and not n.startswith("_"))
+            fix = (f"pass the metric object: metrics=[{factory}()] (from bayesim_hpc import {factory})"
+                   if factory in known else f"pass metric objects, e.g. {', '.join(f'{k}()' for k in known)}")
+            raise ConfigError(f"metrics[{i}]", m, "is a name, not a metric", fix)
         if callable(m) and not hasattr(m, "compute"):
             raise ConfigError(f"metrics[{i}]", m, "is a function, not a metric object",
                               "call the factory: rmse_metric() rather than rmse_metric")

@@ -12,11 +12,19 @@ __all__ = [
     "DriverLockedError",
     "ErrorBudgetExceeded",
     "SystematicFailureError",
+    "Interrupted",
+    "LockLostError",
+    "DriverStopped",
 ]
 
 
 class BayesimError(Exception):
-    """Base class of every error bayesim-hpc raises on purpose."""
+    """Base class of every error bayesim-hpc raises on purpose.
+
+    ``exit_code`` is what the command line exits with for it (subclasses inherit it).
+    """
+
+    exit_code = 1
 
 
 class ConfigError(BayesimError, ValueError):
@@ -37,14 +45,38 @@ class TaskError(BayesimError):
 class StudyChangedError(BayesimError):
     """The study differs from the one frozen in the result directory."""
 
+    exit_code = 6
+
 
 class DriverLockedError(BayesimError):
     """Another driver holds the result directory."""
+
+    exit_code = 5
 
 
 class ErrorBudgetExceeded(BayesimError):
     """More tasks failed than ``max_errors`` allows."""
 
+    exit_code = 4
+
 
 class SystematicFailureError(ErrorBudgetExceeded):
     """The first tasks all failed the same way: a bug in the study's code, so the run stopped early."""
+
+
+class Interrupted(BayesimError):
+    """The run was interrupted (Ctrl-C); what finished is kept and ``resume`` finishes it."""
+
+    exit_code = 130  # 128 + SIGINT, what a shell reports for a command ended by Ctrl-C
+
+
+class LockLostError(BayesimError):
+    """This driver's lock was taken over (it was paused past ``stale_after``); it stopped."""
+
+    exit_code = 5
+
+
+class DriverStopped(BayesimError):
+    """The driver was told to stop (SIGTERM, e.g. by ``bayesim-hpc cancel``) and did, cleanly."""
+
+    exit_code = 3

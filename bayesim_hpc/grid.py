@@ -67,18 +67,35 @@ class Shard:
 class _Block:
     """Tasks added together: some cells (cell numbers, sorted by (data, fit)) x replicates [r0, r1)."""
 
-    def __init__(self, cell_nums: np.ndarray, r0: int, r1: int, offset: int, all_cells: np.ndarray):
+    def __init__(self, cell_nums: np.ndarray, r0: int, r1: int, offset: int, all_cells: np.ndarray,
+                 presorted: bool = False):
         self.r0, self.r1, self.offset = int(r0), int(r1), int(offset)
         cn = np.asarray(cell_nums, dtype=np.int64)
-        pairs = all_cells[cn]
-        self.cells = cn[np.lexsort((pairs[:, 1], pairs[:, 0]))] if cn.size else cn
+        if not presorted and cn.size:
+            pairs = all_cells[cn]
+            cn = cn[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+        self.cells = cn
         self.nr = self.r1 - self.r0
         self.size = int(self.cells.size) * self.nr
-        self.cells_list = self.cells.tolist()  # plain ints: per-task lookups without numpy scalars
-        self.pos_of = {k: i for i, k in enumerate(self.cells_list)}
+        self._cells_list: list[int] | None = None
+        self._pos_of: dict[int, int] | None = None
         pairs = all_cells[self.cells]
         # shard order: this block's cells sorted by (fit, data); positions into self.cells
         self.shard_cellpos = np.lexsort((pairs[:, 0], pairs[:, 1])) if self.cells.size else self.cells
+
+    @property
+    def cells_list(self) -> list[int]:
+        """Cell numbers as plain ints (built on first use: per-task lookups without numpy scalars)."""
+        if self._cells_list is None:
+            self._cells_list = self.cells.tolist()
+        return self._cells_list
+
+    @property
+    def pos_of(self) -> dict[int, int]:
+        """Cell number -> position in this block (built on first use: only ``parse_id`` needs it)."""
+        if self._pos_of is None:
+            self._pos_of = {k: i for i, k in enumerate(self.cells_list)}
+        return self._pos_of
 
     def to_json(self) -> dict[str, Any]:
         return {"cells": [int(k) for k in self.cells], "reps": [self.r0, self.r1]}
@@ -106,6 +123,7 @@ class TaskSpace:
                  blocks: list[tuple[Any, int, int]] | None = None, widths: tuple[int, int, int] | None = None,
                  hidden: Any = ()):
         cells = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
+        presorted = blocks is None
         if blocks is None:  # one block: every cell, replicates [0, n_rep), cells in (data, fit) order
             cells = cells[np.lexsort((cells[:, 1], cells[:, 0]))]
             blocks = [(np.arange(len(cells)), 0, n_rep)]
@@ -117,19 +135,33 @@ class TaskSpace:
         self.blocks: list[_Block] = []
         off = 0
         for cn, r0, r1 in blocks:
-            b = _Block(np.asarray(cn, dtype=np.int64), r0, r1, off, self.cells)
+            b = _Block(np.asarray(cn, dtype=np.int64), r0, r1, off, self.cells, presorted=presorted)
             self.blocks.append(b)
             off += b.size
         self.n_tasks = off
         self._offsets = np.array([b.offset for b in self.blocks], dtype=np.int64)
         self._offsets_list = self._offsets.tolist()
-        self._cells_list = [tuple(c) for c in self.cells.tolist()]
-        self._cell_lookup = {c: i for i, c in enumerate(self._cells_list)}
+        self._cells_l: list[list[int]] | None = None
+        self._lookup: dict[tuple[int, int], int] | None = None
         self.hidden = np.zeros(len(self.cells), dtype=bool)
         self.hidden[np.asarray(list(hidden), dtype=np.int64)] = True
         self.cell_reps = np.zeros(len(self.cells), dtype=np.int64)
         for b in self.blocks:
             self.cell_reps[b.cells] = np.maximum(self.cell_reps[b.cells], b.r1)
+
+    @property
+    def _cells_list(self) -> list[list[int]]:
+        """``cells`` as plain ints, built on first use (per-task lookups without numpy scalars)."""
+        if self._cells_l is None:
+            self._cells_l = self.cells.tolist()
+        return self._cells_l
+
+    @property
+    def _cell_lookup(self) -> dict[tuple[int, int], int]:
+        """(data_idx, fit_idx) -> cell number; built on first use (``parse_id`` and extensions need it)."""
+        if self._lookup is None:
+            self._lookup = {(d, f): i for i, (d, f) in enumerate(self._cells_list)}
+        return self._lookup
 
     @classmethod
     def from_grids(
@@ -141,7 +173,7 @@ class TaskSpace:
     ) -> "TaskSpace":
         nd, nf = len(data_grid), len(fit_grid)
         if task_grid is None:
-            cells = np.array([(d, f) for d in range(nd) for f in range(nf)], dtype=np.int64)
+            cells = np.stack(np.meshgrid(np.arange(nd), np.arange(nf), indexing="ij"), axis=-1).reshape(-1, 2)
         else:
             cells = task_grid[["data_idx", "fit_idx"]].to_numpy(dtype=np.int64) - 1
         return cls(cells.reshape(-1, 2), nd, nf, n_rep)
@@ -302,5 +334,5 @@ def space_from_raw(raw: dict[str, Any]) -> TaskSpace:
         tg = raw["task_grid"]
         cells = np.column_stack([np.asarray(tg["data_idx"]) - 1, np.asarray(tg["fit_idx"]) - 1])
     else:
-        cells = np.array([(d, f) for d in range(nd) for f in range(nf)], dtype=np.int64)
+        cells = np.stack(np.meshgrid(np.arange(nd), np.arange(nf), indexing="ij"), axis=-1).reshape(-1, 2)
     return TaskSpace(cells.reshape(-1, 2), nd, nf, n_rep)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +29,11 @@ import numpy as np
 import pandas as pd
 
 from .aggregate import cell_measures
+from .errors import BayesimError
 from .grid import space_from_raw
 from .resultdir import ResultDir
-from .storage import STR_COLS, CorruptSegment, fsync_path, iter_segment_paths, read_rows
+from .storage import (STR_COLS, CorruptSegment, ForeignSegment, SegmentReadError, StorageFullError, _write_failed,
+                      fsync_path, iter_segment_paths, read_rows, stamp_of_dir, study_stamp, temp_name)
 
 __all__ = ["reduce_results", "ReduceOutcome", "read_summary", "summary_is_current", "select_winners", "Winners"]
 
@@ -51,6 +52,7 @@ class ReduceOutcome:
     n_segments: int
     corrupt: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    foreign: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _grid_frame(raw: dict[str, Any], key: str) -> pd.DataFrame:
@@ -68,6 +70,8 @@ class Winners:
     colnames: list[str]
     score: np.ndarray
     tracked: dict[str, np.ndarray]
+    foreign: list[tuple[str, str]] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def state(self) -> np.ndarray:
@@ -82,25 +86,52 @@ class Winners:
         return wins, self.row_of[wins]
 
 
+def read_segment_rows(path: Path, columns: Iterable[str] | None, stamp: tuple[str, str], n_tasks: int,
+                      retries: int = 2, wait: float = 0.2):
+    """:func:`read_rows` with this study's checks, retrying I/O errors ``retries`` times."""
+    for k in range(retries + 1):
+        try:
+            return read_rows(path, columns=columns, stamp=stamp, n_tasks=n_tasks)
+        except SegmentReadError:
+            if k == retries:
+                raise
+            time.sleep(wait * (k + 1))
+    raise AssertionError("unreachable")
+
+
 def select_winners(rd: ResultDir, n_tasks: int, columns: Iterable[str] | None = None,
-                   track: Iterable[str] = ()) -> Winners:
+                   track: Iterable[str] = (), *, stamp: tuple[str, str] | None = None,
+                   retries: int = 2) -> Winners:
     """Choose one row per task across all valid segments: a success over a failure, then
     the later attempt, then the later segment in file order. Reads one segment at a time.
 
     ``track``: numeric columns whose winning value per task is kept (NaN where absent).
+    Damaged, foreign (another study generation, out-of-range tasks) and unreadable (I/O
+    error after ``retries``) segments are skipped and listed in the result;
+    a segment of a newer format raises :class:`~bayesim_hpc.storage.NewerFormatError`.
     """
+    if stamp is None:
+        stamp = stamp_of_dir(rd.path)
     tracked = {c: np.full(n_tasks, np.nan) for c in track}
     score = np.full(n_tasks, -1, dtype=np.int64)
     seg_of = np.full(n_tasks, -1, dtype=np.int32)
     row_of = np.full(n_tasks, -1, dtype=np.int32)
     segments: list[Path] = []
     corrupt: list[tuple[str, str]] = []
+    foreign: list[tuple[str, str]] = []
+    unreadable: list[tuple[str, str]] = []
     colnames: dict[str, None] = {}
     for path in iter_segment_paths(rd.path):
         try:
-            rows = read_rows(path, columns=columns)
+            rows = read_segment_rows(path, columns, stamp, n_tasks, retries=retries)
         except CorruptSegment as exc:
             corrupt.append((str(path.relative_to(rd.path)), str(exc)))
+            continue
+        except ForeignSegment as exc:
+            foreign.append((str(path.relative_to(rd.path)), str(exc)))
+            continue
+        except SegmentReadError as exc:
+            unreadable.append((str(path.relative_to(rd.path)), str(exc)))
             continue
         k = len(segments)
         segments.append(path)
@@ -114,7 +145,7 @@ def select_winners(rd: ResultDir, n_tasks: int, columns: Iterable[str] | None = 
         row_of[idx] = np.flatnonzero(better)
         for c, arr in tracked.items():
             arr[idx] = rows.numbers[c][better] if c in rows.numbers else np.nan
-    return Winners(seg_of, row_of, segments, corrupt, sorted(colnames), score, tracked)
+    return Winners(seg_of, row_of, segments, corrupt, sorted(colnames), score, tracked, foreign, unreadable)
 
 
 def reduce_results(result_dir: str | Path, cell_block_rows: int = 5_000) -> ReduceOutcome:
@@ -125,7 +156,12 @@ def reduce_results(result_dir: str | Path, cell_block_rows: int = 5_000) -> Redu
     raw = frozen.raw
     n = frozen.n_tasks
     space = space_from_raw(raw)
-    win = select_winners(rd, n)
+    win = select_winners(rd, n, stamp=study_stamp(raw))
+    if win.unreadable:
+        seg, why = win.unreadable[0]
+        raise BayesimError(
+            f"could not read {len(win.unreadable)} segment(s) of {rd.path}, e.g. {why}. A summary now would miss "
+            f"their rows; nothing was changed. Retry when the storage answers: bayesim-hpc reduce {rd.path}")
     segments, corrupt = win.segments, win.corrupt
     active = space.active_mask()  # tasks of hidden cells (rows the study dropped) are left out
     n_active = int(np.count_nonzero(active))
@@ -138,12 +174,29 @@ def reduce_results(result_dir: str | Path, cell_block_rows: int = 5_000) -> Redu
     pos[present] = np.arange(present.size)
     n_rows = int(present.size)
     # --- pass 2: write rows into their sorted positions ------------------------------------
-    numeric = win.colnames
-    tmp = rd.path / f".summary.{secrets.token_hex(4)}.h5.tmp"
+    tmp = temp_name(rd.summary)
+    try:
+        n_success = _write_summary(tmp, rd, raw, win, n, n_active, space.cells, cells, reps, present, pos, n_rows)
+        fsync_path(tmp)
+        os.replace(tmp, rd.summary)
+    except BaseException as exc:  # no temp file outlives a failed reducer (disk full, I/O error, Ctrl-C)
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, StorageFullError):
+            raise _write_failed(exc, rd.path) from exc
+        raise
+    fsync_path(rd.path)
+    _write_cells(rd, raw, cell_block_rows)
+    return ReduceOutcome(rd.summary, n_active, n_success, n_rows - n_success, n_active - n_rows, len(segments),
+                         corrupt, time.perf_counter() - t0, win.foreign)
+
+
+def _write_summary(tmp: Path, rd: ResultDir, raw: dict[str, Any], win: Winners, n: int, n_active: int,
+                   grid_cells: np.ndarray, cells: np.ndarray, reps: np.ndarray,
+                   present: np.ndarray, pos: np.ndarray, n_rows: int) -> int:
+    segments, corrupt, numeric = win.segments, win.corrupt, win.colnames
     n_success = 0
     with h5py.File(tmp, "w", locking=False) as f:
         f.create_dataset("index", data=present)
-        grid_cells = space.cells
         for name in ("rep_idx", "data_idx", "fit_idx"):
             f.create_dataset(name, shape=(n_rows,), dtype=np.int64)
         for a in range(0, n_rows, 50_000):  # in blocks: no further whole-study temporaries
@@ -185,14 +238,10 @@ def reduce_results(result_dir: str | Path, cell_block_rows: int = 5_000) -> Redu
         f.attrs.update(
             n_tasks=n_active, n_rows=n_rows, n_success=n_success, n_failed=n_rows - n_success,
             n_missing=n_active - n_rows, n_hidden=n - n_active, n_segments=len(segments), created=time.time(),
-            corrupt=json.dumps(corrupt), column_order=json.dumps(_column_order(raw, numeric)),
+            corrupt=json.dumps(corrupt), foreign=json.dumps(win.foreign),
+            column_order=json.dumps(_column_order(raw, numeric)),
         )
-    fsync_path(tmp)
-    os.replace(tmp, rd.summary)
-    fsync_path(rd.path)
-    _write_cells(rd, raw, cell_block_rows)
-    return ReduceOutcome(rd.summary, n_active, n_success, n_rows - n_success, n_active - n_rows, len(segments), corrupt,
-                         time.perf_counter() - t0)
+    return n_success
 
 
 def _write_grid_columns(f: h5py.File, raw: dict[str, Any], grid_cells: np.ndarray, cells: np.ndarray,
@@ -276,10 +325,16 @@ def _write_cells(rd: ResultDir, raw: dict[str, Any], block_rows: int) -> None:
             rows.append({**key, **cell_measures(cell, kinds)})
         frames.append(pd.DataFrame(rows))
         i = j + 1
-    tmp = rd.path / f".cells.{secrets.token_hex(4)}.csv.tmp"
-    with open(tmp, "w") as fh:
-        (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()).to_csv(fh, index=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, rd.cells)
+    tmp = temp_name(rd.cells)
+    try:
+        with open(tmp, "w") as fh:
+            (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()).to_csv(fh, index=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, rd.cells)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, StorageFullError):
+            raise _write_failed(exc, rd.path) from exc
+        raise
     fsync_path(rd.path)

@@ -14,7 +14,11 @@
       summary.h5, cells.csv   the reducer's output
 
 ``study.pkl`` is the only pickle beside the retained ``fit`` artifacts: it holds the
-generator, fitter and metrics. Load result directories you trust.
+generator, fitter and metrics. Read-only commands (status, report, reduce) never load it:
+they read study.json. Commands that must run the study's code (run into an existing
+directory, resume, replay) first check that the directory belongs to the current user,
+or is trusted (:func:`check_trusted`, like git's ``safe.directory``; see the trust model
+in docs/cluster-guide.md).
 """
 
 from __future__ import annotations
@@ -25,21 +29,119 @@ import importlib.metadata
 import json
 import os
 import platform
+import secrets
 import sys
 import time
+import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
+import pandas as pd
 
 from .config import Study
-from .errors import BayesimError, StudyChangedError
+from .errors import BayesimError, ConfigError, StudyChangedError
 from .fingerprint import CODE_PARTS, code_descriptions, code_diff, fingerprint_parts, legacy_fingerprint_parts
-from .grid import Shard, plan_shards
-from .storage import atomic_write_text, fsync_path
+from .grid import Shard, TaskSpace, plan_shards, space_from_raw
+from .storage import _write_failed, atomic_write_text, fsync_path, temp_name
 
-__all__ = ["ResultDir", "FrozenStudy", "package_versions", "runtime_settings"]
+__all__ = ["ResultDir", "FrozenStudy", "package_versions", "UntrustedResultDir", "check_trusted",
+           "trusted_dirs", "trust_file", "metric_descriptions", "runtime_settings"]
+
+#: environment variable: result directories to trust although another user owns them
+#: (``os.pathsep``-separated; ``*`` trusts every directory)
+TRUST_ENV = "BAYESIM_SAFE_DIRECTORIES"
+
+
+class UntrustedResultDir(BayesimError):
+    """A result directory owned by another user: loading its study.pkl would run their code."""
+
+    exit_code = 7
+
+
+def trust_file() -> Path:
+    """The per-user list of trusted result directories (one absolute path a line)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "bayesim-hpc" / "safe-directories"
+
+
+def trusted_dirs() -> list[str]:
+    """Trusted directories: ``$BAYESIM_SAFE_DIRECTORIES`` and :func:`trust_file` (``*`` = all)."""
+    out = [p for p in os.environ.get(TRUST_ENV, "").split(os.pathsep) if p]
+    try:
+        out += [line.strip() for line in trust_file().read_text().splitlines() if line.strip()]
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        pass
+    return out
+
+
+def check_trusted(path: str | Path) -> None:
+    """Refuse a result directory whose study code another user could have written.
+
+    The directory, ``study.pkl`` and ``study.json`` must be owned by the current user (or
+    root), unless the directory is listed as trusted (``bayesim-hpc trust DIR``, or
+    ``$BAYESIM_SAFE_DIRECTORIES``). Raises :class:`UntrustedResultDir`.
+    """
+    p = Path(path)
+    me = os.geteuid()
+    for f in (p, p / "study.pkl", p / "study.json"):
+        try:
+            owner = f.stat().st_uid
+        except FileNotFoundError:
+            continue
+        if owner in (me, 0):
+            continue
+        real = str(p.resolve())
+        trusted = trusted_dirs()
+        if "*" in trusted or real in {str(Path(t).expanduser().resolve()) for t in trusted if t != "*"}:
+            return
+        try:
+            import pwd
+
+            who = pwd.getpwuid(owner).pw_name
+        except (KeyError, ImportError):
+            who = f"uid {owner}"
+        raise UntrustedResultDir(
+            f"{f} is owned by {who}, not by you: loading this result directory would run code that {who} "
+            f"wrote (study.pkl). If you trust it, run `bayesim-hpc trust {real}` (or set "
+            f"{TRUST_ENV}={real}) and try again. Read-only commands (status, report, reduce) work without it.")
+
+
+def metric_descriptions(metrics: Any) -> list[dict[str, Any]]:
+    """What read-only commands need of each metric, as plain JSON: name, kind and scalar settings."""
+    out = []
+    for m in metrics:
+        d: dict[str, Any] = {"name": str(m.name), "kind": str(getattr(m, "kind", "mean"))}
+        try:
+            fields = vars(m)
+        except TypeError:
+            fields = {}
+        for k, v in fields.items():
+            if not k.startswith("_") and k not in d and isinstance(v, (bool, int, float, str)):
+                d[k] = v
+        out.append(d)
+    return out
+
+
+def _pickle_study(study: Study) -> bytes:
+    """cloudpickle the study; if that fails, name the part that cannot be pickled."""
+    try:
+        return cloudpickle.dumps(study)
+    except Exception as exc:
+        parts = [("data_generator", study.data_generator), ("fitter", study.fitter)]
+        parts += [(f"metrics[{i}] ({getattr(m, 'name', '?')})", m) for i, m in enumerate(study.metrics)]
+        for name, obj in parts:
+            try:
+                cloudpickle.dumps(obj)
+            except Exception as inner:
+                raise ConfigError(name, obj, f"cannot be pickled ({type(inner).__name__}: {inner}); workers "
+                                  "receive the study as a pickle", "keep open files, locks, sockets, threads or "
+                                  "live connections out of it: create them inside fit()/the function, or "
+                                  "define __getstate__") from inner
+        raise ConfigError("study", type(study).__name__, f"cannot be pickled ({type(exc).__name__}: {exc})",
+                          "make every part of the study picklable") from exc
 
 FORMAT = 1
 _PKGS = ("bayesim-hpc", "numpy", "pandas", "h5py", "pymc", "pytensor", "nutpie", "submitit")
@@ -72,6 +174,34 @@ class FrozenStudy:
     @property
     def fingerprint(self) -> dict[str, str]:
         return dict(self.raw["fingerprint"])
+
+    @cached_property
+    def space(self) -> TaskSpace:
+        """The task space, from the layout in study.json (older files: the grids); no study code is loaded."""
+        if self.raw.get("layout"):
+            return space_from_raw(self.raw)
+        tg = self.raw.get("task_grid")
+        return TaskSpace.from_grids(pd.DataFrame(self.raw["data_grid"]), pd.DataFrame(self.raw["fit_grid"]),
+                                    int(self.raw["n_replicates"]), None if not tg else pd.DataFrame(tg))
+
+    def data_spec(self, d: int) -> dict[str, Any]:
+        """Row ``d`` of the data grid as stored in study.json."""
+        return {k: v[d] for k, v in self.raw["data_grid"].items()}
+
+    def fit_spec(self, f: int) -> dict[str, Any]:
+        return {k: v[f] for k, v in self.raw["fit_grid"].items()}
+
+    @property
+    def metrics(self) -> list[dict[str, Any]]:
+        """Name, kind and scalar settings of each metric (from study.json; older files: kinds only)."""
+        if self.raw.get("metrics"):
+            return [dict(m) for m in self.raw["metrics"]]
+        return [{"name": k, "kind": v} for k, v in self.raw.get("metric_kinds", {}).items()]
+
+    @property
+    def generation(self) -> str:
+        """Which freeze of the directory this is; new on every fresh start (and ``--force``)."""
+        return str(self.raw.get("generation") or "")
 
 
 def runtime_settings(study: Study, keep_going: bool = False) -> dict[str, Any]:
@@ -108,12 +238,16 @@ class ResultDir:
     def read_frozen(self) -> FrozenStudy:
         return FrozenStudy(json.loads(self.study_json.read_text()))
 
-    def load_study(self) -> Study:
+    def load_study(self, check_trust: bool = True) -> Study:
         """The frozen study; the study file's folder is importable, as it was at ``run``.
 
-        The study comes back marked as read from this directory (``Study.frozen_in``): it *is*
-        the frozen study, so :meth:`check_same_study` does not compare its code again.
+        This runs code from the directory (unpickling): unless ``check_trust`` is False it
+        first refuses a directory of another user (:func:`check_trusted`). The study comes
+        back marked as read from this directory (``Study.frozen_in``): it *is* the frozen
+        study, so :meth:`check_same_study` does not compare its code again.
         """
+        if check_trust:
+            check_trusted(self.path)
         try:
             raw = json.loads(self.study_json.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
@@ -140,13 +274,18 @@ class ResultDir:
     _next_pkl = property(lambda self: self.path / ".study.pkl.next")
 
     def _write_pkl(self, study: Study, name: str) -> bytes:
-        tmp = self.path / f".{name}.tmp"
-        blob = cloudpickle.dumps(dataclasses.replace(study, frozen_in=None, layout=study.space.to_layout()))
-        with open(tmp, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(self.path / name)
+        """Pickle the study (with its task layout) durably to ``name`` in the directory."""
+        blob = _pickle_study(dataclasses.replace(study, frozen_in=None, layout=study.space.to_layout()))
+        tmp = temp_name(self.path / name)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(blob)
+                fh.flush()
+                os.fsync(fh.fileno())  # durable before study.json says the study is ready
+            tmp.replace(self.path / name)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _write_failed(exc, self.path) from exc
         return blob
 
     def freeze(self, study: Study, shard_size: int) -> FrozenStudy:
@@ -157,10 +296,12 @@ class ResultDir:
         self.shards_dir.mkdir(exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         blob = self._write_pkl(study, "study.pkl")
+        fsync_path(self.path)
         shards = plan_shards(study.space, shard_size)
         code = code_descriptions(study)
         raw = {
             "format": FORMAT,
+            "generation": uuid.uuid4().hex,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "fingerprint": fingerprint_parts(study, code),
             "code": code,
@@ -172,6 +313,7 @@ class ResultDir:
             "seed": study.seed,
             "retain": list(study.retain),
             "metric_kinds": study.metric_kinds(),
+            "metrics": metric_descriptions(study.metrics),
             "data_grid": study.data_grid.to_dict("list"),
             "fit_grid": study.fit_grid.to_dict("list"),
             "task_grid": None if study.task_grid is None else study.task_grid.to_dict("list"),
@@ -213,7 +355,7 @@ class ResultDir:
             fingerprint=fingerprint_parts(study, code), code=code, metric_code=metric_code(study),
             study_pkl_sha256=hashlib.sha256(blob).hexdigest(), n_tasks=ext.space.n_tasks,
             n_data=ext.space.n_data, n_fit=ext.space.n_fit, n_replicates=study.n_replicates,
-            retain=list(study.retain), metric_kinds=study.metric_kinds(),
+            retain=list(study.retain), metric_kinds=study.metric_kinds(), metrics=metric_descriptions(study.metrics),
             data_grid=study.data_grid.to_dict("list"), fit_grid=study.fit_grid.to_dict("list"), task_grid=None,
             layout=ext.space.to_layout(), shards=raw["shards"] + [[s.start, s.stop] for s in new_shards],
         )
@@ -266,11 +408,18 @@ class ResultDir:
         return frozen
 
     def discard_results(self) -> Path:
-        """Move shards/ aside (for force=True) and forget the frozen study."""
+        """Move shards/ aside (for force=True) and forget the frozen study.
+
+        The folder is ``shards.discarded-<time>-<random>``: two discards in one second never
+        collide (and never move one discarded folder into another)."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        target = self.path / f"shards.discarded-{stamp}"
+        while True:
+            target = self.path / f"shards.discarded-{stamp}-{secrets.token_hex(3)}"
+            if not target.exists():
+                break
         if self.shards_dir.exists():
             self.shards_dir.rename(target)
+            fsync_path(self.path)
         for p in (self.study_json, self.manifest, self.summary, self.cells):
             p.unlink(missing_ok=True)
         return target

@@ -2,7 +2,8 @@
 
 Example:
     >>> res = load_results("results/my_study")            # doctest: +SKIP
-    >>> res.summary.groupby("fit_model")["rmse__value"].mean()   # doctest: +SKIP
+    >>> res.summary.groupby("fit_model")["bias__slope"].mean()   # doctest: +SKIP
+    >>> res.cells[["data_n", "fit_model", "cover90__slope", "cover90__slope__wilson_low"]]  # doctest: +SKIP
     >>> res.task_results["d001_f001_r00001"]["draws"]["slope"].shape   # doctest: +SKIP
     >>> res.draws("d001_f001_r00001")                    # an xarray.Dataset  # doctest: +SKIP
 """
@@ -16,6 +17,7 @@ from typing import Any, Iterator
 
 import pandas as pd
 
+from .names import add_current_names, add_legacy_names, current_name
 from .reduce import ReduceOutcome, read_summary, reduce_results, summary_is_current
 from .resultdir import ResultDir
 from .storage import read_task_artifacts
@@ -72,12 +74,55 @@ class SimulationResult:
         self._tmpdir = _tmpdir  # keeps a temporary result directory alive with the result
 
     @cached_property
-    def summary(self) -> pd.DataFrame:
+    def _stored_summary(self) -> pd.DataFrame:
         return read_summary(self.rd.summary)
 
     @cached_property
+    def legacy_columns(self) -> list[str]:
+        """Pre-0.2 per-parameter names in this directory's summary (empty for new directories)."""
+        return [c for c in self._stored_summary.columns if current_name(c)]
+
+    @cached_property
+    def summary(self) -> pd.DataFrame:
+        """One row per task. In a directory written before 0.2, the current name of every old
+        per-parameter column is added beside it (see :mod:`bayesim_hpc.names`)."""
+        return add_current_names(self._stored_summary)
+
+    @cached_property
     def cells(self) -> pd.DataFrame:
-        return pd.read_csv(self.rd.cells)
+        """Per-cell measures with MCSE; old directories get both current and old names."""
+        cells = add_current_names(pd.read_csv(self.rd.cells))
+        return add_legacy_names(cells, self.legacy_columns) if self.legacy_columns else cells
+
+    def compare(self, reference: int | dict | None = None):
+        """Paired differences between each fit row and ``reference``: see :func:`bayesim_hpc.compare.compare`."""
+        from .compare import compare
+
+        return compare(self, reference=reference)
+
+    def select(self, table: str = "summary", **grid_values: Any) -> pd.DataFrame:
+        """Rows of ``summary`` (or ``cells``) whose grid values match, by grid column name.
+
+        A name is looked up as ``data_<name>`` or ``fit_<name>`` (or give the prefixed name);
+        a value may be a list of values to accept.
+
+        >>> res.select(n=50, model="t")                       # doctest: +SKIP
+        >>> res.select("cells", n=[50, 100])                  # doctest: +SKIP
+        """
+        if table not in ("summary", "cells"):
+            raise ValueError(f"table={table!r}: use 'summary' or 'cells'")
+        frame = self.summary if table == "summary" else self.cells
+        mask = pd.Series(True, index=frame.index)
+        for name, value in grid_values.items():
+            cols = [c for c in (name, f"data_{name}", f"fit_{name}") if c in frame.columns]
+            if not cols:
+                grid = sorted(c for c in frame.columns if c.startswith(("data_", "fit_")) and c not in ("data_idx", "fit_idx"))
+                raise KeyError(f"no grid column {name!r}; the grid columns are: {', '.join(grid)}")
+            if len(cols) > 1 and cols[0] != name:
+                raise KeyError(f"{name!r} is a column of both grids: say {cols[1]!r} or {cols[2]!r}")
+            accepted = value if isinstance(value, (list, tuple, set)) else [value]
+            mask &= frame[cols[0]].isin(list(accepted))
+        return frame[mask]
 
     @cached_property
     def task_results(self) -> TaskResults:

@@ -11,25 +11,34 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import re
+import signal
+import socket
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from .config import Study
-from .errors import BayesimError, ConfigError, ErrorBudgetExceeded, SystematicFailureError
+from .errors import (BayesimError, ConfigError, DriverStopped, ErrorBudgetExceeded, Interrupted, LockLostError,
+                     StudyChangedError, SystematicFailureError)
 from .executors import make_executor
 from .executors.base import ProgressLine, RunContext, RunOutcome, default_shard_size
 from .locking import DirLock
 from .manifest import Manifest, scan_progress
 from .reduce import reduce_results
-from .resultdir import ResultDir, runtime_settings
+from .relay import FoldingEmit
+from .resultdir import ResultDir, check_trusted, runtime_settings
 from .results import SimulationResult
+from .storage import StorageFullError
 
 __all__ = ["run_simulation", "resume_simulation", "prepare_result_dir", "missing_shards"]
 
@@ -38,25 +47,153 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_text_option(name: str, value: Any) -> None:
+    """Refuse control characters (newlines...) in a path or option that reaches a job script."""
+    if isinstance(value, (str, Path)) and _CONTROL.search(str(value)):
+        raise ConfigError(name, str(value), "contains a control character (newline, tab, ...), which would "
+                          "corrupt the generated job script", "use a value without control characters")
+
+
+class DriverInterrupted(BaseException):
+    """Raised in the driver's main thread by SIGTERM (or when its lock was taken over).
+
+    A BaseException, so no ``except Exception`` in an executor swallows it; the executor's
+    ``finally`` blocks stop the workers on the way out."""
+
+
+class _DriverSignals:
+    """SIGTERM -> a clean stop; a lost lock -> SIGTERM to the main thread (see locking)."""
+
+    def __init__(self, lock: DirLock):
+        self.lock = lock
+        self.reason: str | None = None
+        self.installed = False
+        self._old: Any = None
+
+    def __enter__(self) -> "_DriverSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._handler)
+            self.installed = True
+        self.lock.on_lost = self._lost
+        return self
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.reason is not None:  # already stopping: a second signal changes nothing
+            return
+        self.reason = "lock lost" if self.lock.lost.is_set() else signal.Signals(signum).name
+        raise DriverInterrupted(self.reason)
+
+    def _lost(self) -> None:
+        if self.installed:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.on_lost = None
+        if self.installed:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def _works_on(pid: int, rd: ResultDir) -> bool:
+    """Whether process ``pid`` (of this host) is a bayesim-hpc worker of this result directory."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        cmd, cwd = proc.cmdline(), proc.cwd()
+    except (psutil.Error, ValueError, OSError):
+        return False
+    if any("submitit" in c for c in cmd):  # a Slurm element on this node: its shard folder says whose it is
+        return True
+    if "bayesim_hpc.worker" not in cmd:
+        return False
+    target = rd.path.resolve()
+    return any(Path(cwd, a).resolve() == target for a in cmd[cmd.index("bayesim_hpc.worker") + 1:] if a
+               and not a.startswith("-"))
+
+
+def live_work(rd: ResultDir) -> list[str]:
+    """Workers or jobs of this result directory that may still write into it (descriptions)."""
+    out: list[str] = []
+    me = socket.gethostname()
+    if rd.shards_dir.is_dir():
+        for pf in sorted(rd.shards_dir.glob("s*/progress.json")):
+            try:
+                pr = json.loads(pf.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            pid, host = int(pr.get("pid", 0) or 0), pr.get("host")
+            if host == me:
+                if _works_on(pid, rd):
+                    out.append(f"worker pid {pid} ({pf.parent.name})")
+            elif host and time.time() - float(pr.get("time", 0)) < 600:
+                out.append(f"worker pid {pid} on host {host} ({pf.parent.name}, active in the last 10 minutes)")
+    runs = Manifest(rd).read().get("runs", [])
+    if runs and runs[-1].get("executor") == "slurm":
+        try:
+            from .executors.slurm import SlurmExecutor
+
+            for sid, st in sorted(SlurmExecutor().live_states(rd).items()):
+                if st.get("state") in ("PENDING", "RUNNING", "REQUEUED", "SUSPENDED", "CONFIGURING", "COMPLETING"):
+                    out.append(f"Slurm job {st.get('job_id')} (shard {sid}, {st.get('state')})")
+        except Exception as exc:  # the scheduler may be gone; the generation stamp still protects results
+            _stderr(f"warning: could not ask Slurm whether old jobs of {rd.path} still run ({exc})")
+    return out
+
+
+#: sizes beyond which a study is probably a mistake (a grid expanded by accident)
+MAX_SENSIBLE_CELLS = 100_000
+MAX_SENSIBLE_TASKS = 20_000_000
+
+
+def size_warnings(study: Study) -> list[str]:
+    """Warnings for absurdly large studies (every cell is listed in study.json and status)."""
+    n_cells = len(study.space.cells)
+    out = []
+    if n_cells > MAX_SENSIBLE_CELLS:
+        out.append(f"warning: {n_cells:,} cells ({len(study.data_grid):,} data x {len(study.fit_grid):,} fit "
+                   f"configurations): study.json stores both grids and status lists every cell. Did a dict of "
+                   f"lists expand into all combinations by accident? Pass a DataFrame of the rows you mean.")
+    if study.n_tasks > MAX_SENSIBLE_TASKS:
+        out.append(f"warning: {study.n_tasks:,} tasks; the reducer keeps ~40 bytes per task in memory and the "
+                   "summary holds one row per task. Consider fewer replicates per cell.")
+    return out
+
+
 def prepare_result_dir(study: Study, rd: ResultDir, resume: str, force: bool, shard_size: int,
                        emit: Callable[[str], None] | None = None) -> tuple[bool, Study]:
     """Freeze a new study, or check an existing one and freeze what it adds (an extension).
 
     Returns (whether the directory was new, the study to run: the frozen one, as extended).
     """
+    emit = emit or _stderr
     if resume not in ("auto", "never", "must"):
         raise ConfigError("resume", resume, "is not a resume mode", "use 'auto', 'never' or 'must'")
     if rd.exists():
         if force:
+            try:
+                grown = _extend_or_check(study, rd, shard_size, emit)
+                emit("force: the study is unchanged (or only grew), so its results are kept; running only what "
+                     "is missing")
+                return False, grown
+            except StudyChangedError:
+                pass
+            busy = live_work(rd)
+            if busy:
+                raise BayesimError(
+                    f"force: {rd.path} still has live work of the old study: {'; '.join(busy[:5])}. Its results "
+                    f"would mix with the new study's. Stop it first (bayesim-hpc cancel {rd.path}), then run again.")
             moved = rd.discard_results()
-            _stderr(f"force: previous results moved to {moved}; starting the study afresh")
+            emit(f"force: previous results moved to {moved}; starting the study afresh")
         elif resume == "never":
             raise BayesimError(
                 f"{rd.path} already holds results. Use resume='auto' to finish them, a new result_path, "
                 "or force=True to move them aside and start again."
             )
         else:
-            return False, _extend_or_check(study, rd, shard_size, emit or _stderr)
+            return False, _extend_or_check(study, rd, shard_size, emit)
     elif resume == "must":
         raise BayesimError(f"nothing to resume: {rd.path} holds no study (no study.json)")
     rd.freeze(study, shard_size)
@@ -108,6 +245,7 @@ def run_simulation(
     max_attempts: int = 3,
     emit: Callable[[str], None] | None = None,
     reduce: bool = True,
+    lock_stale_after: float = 120.0,
     keep_going: bool = False,
     **executor_options: Any,
 ) -> SimulationResult:
@@ -124,6 +262,8 @@ def run_simulation(
         progress: show a progress line (default: when stderr is a terminal).
         shard_size: tasks per shard at first run (default: about 4 shards per slot).
         max_attempts: times a dying worker's shard is started again within this run.
+        lock_stale_after: seconds without a heartbeat after which another host may break this
+            driver's lock (see :mod:`bayesim_hpc.locking`).
         keep_going: do not stop early when the first tasks all fail the same way (this run
             only; see ``stop_on_systematic_failure`` in :func:`simulation_config`).
         executor_options: passed to the executor (e.g. ``profile=``, ``time_limit=`` for Slurm).
@@ -140,10 +280,37 @@ def run_simulation(
         rd = ResultDir(tmp.name)
     else:
         rd = ResultDir(config.result_path)
+    check_text_option("result_path", rd.path)
+    for name, value in executor_options.items():
+        check_text_option(name, value)
     ex = make_executor(executor, workers=workers, max_attempts=max_attempts, **executor_options)
+    for line in size_warnings(config):
+        emit(line)
     rd.path.mkdir(parents=True, exist_ok=True)
-    lock = DirLock(rd.driver_lock, purpose="driver")
-    lock.acquire()
+    check_trusted(rd.path)  # workers will unpickle study.pkl from here
+    lock = DirLock(rd.driver_lock, purpose="driver", stale_after=lock_stale_after, wait_foreign=True, notify=emit)
+    with _DriverSignals(lock):
+        try:
+            lock.acquire()
+            try:
+                return _drive(config, rd, ex, lock, tmp, emit, resume=resume, retry_failed=retry_failed,
+                              force=force, progress=progress, shard_size=shard_size, max_attempts=max_attempts,
+                              reduce=reduce, keep_going=keep_going)
+            finally:
+                lock.release()
+        except DriverInterrupted as exc:  # arrived outside the run proper (taking the lock, reporting)
+            if lock.lost.is_set():
+                raise LockLostError(lock.lost_message()) from None
+            raise DriverStopped(f"stopped by {exc}; finish with: bayesim-hpc resume {rd.path}") from None
+
+
+def _drive(config: Study, rd: ResultDir, ex: Any, lock: DirLock, tmp: Any,
+           emit: Callable[[str], None], *, resume: str, retry_failed: bool | None, force: bool,
+           progress: bool | None, shard_size: int | None, max_attempts: int, reduce: bool,
+           keep_going: bool = False) -> SimulationResult:
+    """The body of :func:`run_simulation`, under the driver lock."""
+    manifest = Manifest(rd, guard=lock)
+    run_recorded = False
     try:
         size = shard_size or config.shard_size or default_shard_size(config.n_tasks, ex.parallelism)
         is_new, config = prepare_result_dir(config, rd, resume, force, size, emit)
@@ -153,21 +320,36 @@ def run_simulation(
         todo, prog = missing_shards(rd, config, retry_failed)
         for path, why in prog.corrupt:
             emit(f"damaged segment {path.relative_to(rd.path)} ignored; its tasks will run again ({why})")
+        for path, why in prog.foreign + prog.unreadable:
+            emit(f"segment {path.relative_to(rd.path)} ignored; its tasks will run again ({why})")
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        manifest = Manifest(rd)
         manifest.update(lambda d: d.setdefault("runs", []).append(
-            {"run_id": run_id, "executor": ex.name, "started": time.time(), "shards": len(todo)}))
+            {"run_id": run_id, "executor": ex.name, "started": time.time(), "shards": len(todo),
+             "driver_pid": _os_pid(), "driver_host": socket.gethostname()}))
+        run_recorded = True
         done0 = prog.n_success + (0 if retry_failed else prog.n_failed)
         show = sys.stderr.isatty() if progress is None else progress
         bar = ProgressLine(config.n_tasks, done0, 0 if retry_failed else prog.n_failed, enabled=show)
         if todo:
             emit(f"bayesim-hpc: {config.n_tasks} tasks in {len(rd.read_frozen().shards)} shards; "
                  f"{config.n_tasks - done0} to run in {len(todo)} shard(s) on executor '{ex.name}' ({rd.path})")
+        folded = FoldingEmit(emit)  # warnings and failures of all workers, folded by kind
         ctx = RunContext(rd=rd, study=config, manifest=manifest, shard_ids=todo, retry_failed=retry_failed,
-                         emit=emit, progress=bar, run_id=run_id, max_attempts=max_attempts,
+                         emit=folded, progress=bar, run_id=run_id, max_attempts=max_attempts,
                          failed_before=0 if retry_failed else prog.n_failed)
-        outcome = ex.run(ctx) if todo else RunOutcome()
+        try:
+            with _interrupt_once():
+                outcome = ex.run(ctx) if todo else RunOutcome()
+        except KeyboardInterrupt:
+            bar.close()
+            manifest.update(lambda d: d["runs"][-1].update(ended=time.time(), interrupted="SIGINT"))
+            kept = scan_progress(rd, config.n_tasks)
+            where = ("the jobs already submitted keep running; " if ex.name == "slurm" else "")
+            raise Interrupted(
+                f"interrupted: {kept.n_success} succeeded and {kept.n_failed} failed task(s) of {config.n_tasks} "
+                f"are kept in {rd.path}; {where}finish with: bayesim-hpc resume {rd.path}") from None
         bar.close()
+        folded.close()
         manifest.update(lambda d: d["runs"][-1].update(ended=time.time(), completed=len(outcome.completed),
                                                         unfinished=len(outcome.unfinished), detached=outcome.detached))
         if outcome.dry_run:
@@ -178,9 +360,23 @@ def run_simulation(
         if outcome.detached:
             emit(f"submitted; the driver is leaving. Check with: bayesim-hpc status {rd.path}")
             return SimulationResult(rd.path, None, _tmpdir=tmp)
+        if outcome.storage_error:
+            raise StorageFullError(
+                28, f"{outcome.storage_error}. Workers were stopped; finished tasks are kept. Free space in "
+                    f"{rd.path}, then finish with: bayesim-hpc resume {rd.path}")
+        lock.check()
         red = reduce_results(rd.path) if reduce else None
-    finally:
-        lock.release()
+    except DriverInterrupted as exc:
+        if lock.lost.is_set():
+            raise LockLostError(lock.lost_message()) from None
+        why = str(exc)
+        if run_recorded:
+            try:
+                manifest.update(lambda d: d["runs"][-1].update(ended=time.time(), interrupted=why))
+            except Exception:  # the record is a courtesy; the stop must go on
+                pass
+        raise DriverStopped(f"stopped by {exc}: workers were told to flush and stop, finished tasks are kept, the "
+                            f"lock is released. Finish with: bayesim-hpc resume {rd.path}") from None
     result = SimulationResult(rd.path, red, _tmpdir=tmp)
     systematic = _systematic_failure(rd, red, config.max_errors) if outcome.budget_exceeded else None
     if red is not None:
@@ -221,6 +417,40 @@ def _systematic_failure(rd: ResultDir, red: Any, max_errors: int | None) -> str 
                f"into a new result directory (or with --force, which moves the {red.n_success} finished tasks aside)")
             + ". To run every task anyway: --keep-going "
             "(Python: keep_going=True, or stop_on_systematic_failure=None in simulation_config).")
+
+
+#: After a Ctrl-C, keep SIGINT ignored (the command line sets this: it is about to report and
+#: exit, and a second Ctrl-C must not break that). In Python sessions the handler is restored.
+IGNORE_SIGINT_AFTER_INTERRUPT = False
+
+
+@contextlib.contextmanager
+def _interrupt_once() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt once; a second one while the first is being cleaned up
+    (workers stopped, segments flushed) is ignored instead of breaking the clean-up."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    hit = []
+
+    def first(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        hit.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        if not hit or not IGNORE_SIGINT_AFTER_INTERRUPT:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _os_pid() -> int:
+    import os
+
+    return os.getpid()
 
 
 def _remove_new_study(rd: ResultDir) -> None:

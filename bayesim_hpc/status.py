@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import json
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from .locking import DirLock
+from .executors.base import format_duration
+from .locking import DirLock, _alive
 from .manifest import Manifest
 from .resultdir import ResultDir
-from .grid import space_from_raw
 from .adaptive import adaptive_notes
 from .history import lifecycle_notes
 from .reduce import select_winners
-from .storage import read_rows, shard_dir
+from .storage import read_rows, shard_dir, study_stamp
 
 __all__ = ["StudyStatus", "study_status"]
 
@@ -51,6 +52,9 @@ class StudyStatus:
     #: the study's history (created, what each extension added, when) and runtime notes
     history: list[str] = field(default_factory=list)
     n_hidden: int = 0
+    foreign: list[dict[str, str]] = field(default_factory=list)
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+    driver_note: str = ""  # e.g. a stale lock whose process is gone
 
     @property
     def complete(self) -> bool:
@@ -61,10 +65,11 @@ class StudyStatus:
 
     def render(self, max_rows: int = 20) -> str:
         """A plain-text report for the terminal."""
-        pct = 100.0 * (self.n_success + self.n_failed) / max(1, self.n_tasks)
+        total = max(1, self.n_tasks)
         lines = [f"study {self.path}",
-                 f"  tasks: {self.n_tasks}  done: {self.n_success}  failed: {self.n_failed}  "
-                 f"pending: {self.n_missing}  ({pct:.1f} % finished)  warnings: {self.n_warnings}"]
+                 f"  tasks: {self.n_tasks}  succeeded: {self.n_success} ({100.0 * self.n_success / total:.1f} %)  "
+                 f"failed: {self.n_failed} ({100.0 * self.n_failed / total:.1f} %)  pending: {self.n_missing}  "
+                 f"warnings: {self.n_warnings}"]
         if self.n_hidden:
             lines.append(f"  hidden: {self.n_hidden} task(s) of grid rows the study no longer names (kept on disk)")
         if self.history:
@@ -72,19 +77,27 @@ class StudyStatus:
             lines.extend(f"    {h}" for h in self.history)
         if self.driver:
             lines.append(f"  driver: {self.driver}")
+        elif self.driver_note:
+            lines.append(f"  driver: {self.driver_note}")
         if self.last_run:
             started = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.last_run.get("started", 0)))
             lines.append(f"  last run: executor {self.last_run.get('executor')}, started {started}"
-                         + ("" if self.last_run.get("ended") else " (no end recorded)"))
+                         + ("" if self.last_run.get("ended") else
+                            " (no end recorded; its driver is still running)" if self.driver else
+                            " (no end recorded: its driver was killed or lost)"))
         if self.eta_seconds is not None:
-            lines.append(f"  rate: {self.rate_per_s:.2f} tasks/s, ETA {time.strftime('%H:%M:%S', time.gmtime(self.eta_seconds))}")
+            lines.append(f"  rate: {self.rate_per_s:.2f} tasks/s, ETA {format_duration(self.eta_seconds)}")
         if self.scheduler_note:
             lines.append(f"  scheduler: {self.scheduler_note}")
         for c in self.corrupt:
             lines.append(f"  DAMAGED segment {c['segment']}: {c['error']} (its tasks count as pending; resume re-runs them)")
-        lines.append("  per cell (data x fit): done / failed / pending")
+        for c in self.foreign:
+            lines.append(f"  FOREIGN segment {c['segment']}: {c['error']} (not counted; `bayesim-hpc clean` quarantines it)")
+        for c in self.unreadable:
+            lines.append(f"  UNREADABLE segment {c['segment']}: {c['error']} (not counted now; kept)")
+        lines.append("  per cell: succeeded / failed / pending   grid values (data | fit)")
         for c in self.cells[:max_rows]:
-            lines.append(f"    {c['cell']:<28} {c['done']:>6} / {c['failed']:>5} / {c['pending']:>6}")
+            lines.append(f"    {c['cell']:<12} {c['done']:>6} / {c['failed']:>5} / {c['pending']:>6}   {c['label']}")
         if len(self.cells) > max_rows:
             lines.append(f"    ... {len(self.cells) - max_rows} more cells (--json for all)")
         unfinished = [s for s in self.shards if s["missing"] or s["state"] not in ("COMPLETED", "PENDING")]
@@ -94,13 +107,35 @@ class StudyStatus:
             jobs = f" job {s['job_ids'][-1]}" if s.get("job_ids") else ""
             lines.append(f"    shard {s['shard']:>5}: {s['state']:<11} {s['missing']:>5} missing, {s['failed']:>4} failed, "
                          f"attempts {s['attempts']}{jobs}{why}")
+            if s.get("logs"):
+                lines.append(f"                 logs: {', '.join(s['logs'])}")
         if self.failures:
             lines.append("  failures (first of each kind):")
             for f in self.failures[:max_rows]:
                 lines.append(f"    {f['task_id']}: {f['count']} x {f['error_type']} in {f['stage']}: {f['message']}")
-        if not self.complete:
+            lines.append(f"    see one with its traceback: bayesim-hpc replay {self.path} {self.failures[0]['task_id']}")
+        if self.driver and self.n_missing:
+            lines.append("  a driver is working on it: check again later (resume would be refused while it runs)")
+        elif self.n_missing:
             lines.append(f"  to finish: bayesim-hpc resume {self.path}")
+        elif self.n_failed:
+            lines.append(f"  every task ran; resume re-runs the failed ones (bayesim-hpc resume {self.path}): that helps "
+                         "when the cause was outside the code; a bug needs the code fixed first")
         return "\n".join(lines)
+
+
+_QUIET_STATES = ("COMPLETED", "PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING")
+
+
+def _log_files(rd: ResultDir, shard_id: int, entry: dict[str, Any]) -> list[str]:
+    """The log files of a shard's elements (local/mock: logs/sNNNNN.aNNN.log; Slurm: by job id)."""
+    if not rd.logs.is_dir():
+        return []
+    found = sorted(rd.logs.glob(f"s{shard_id:05d}.a*.log"))
+    job = (entry.get("job_ids") or [None])[-1]
+    if job and not str(job).startswith("local-"):
+        found += sorted(p for p in rd.logs.rglob(f"{job}_*") if p.is_file())
+    return [str(p.relative_to(rd.path)) for p in found[-4:]]
 
 
 def _failures(rd: ResultDir, win: Any, state: np.ndarray) -> list[dict[str, Any]]:
@@ -129,9 +164,8 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
     frozen = rd.read_frozen()
     raw = frozen.raw
     n = frozen.n_tasks
-    study = rd.load_study()
-    space = space_from_raw(raw)
-    win = select_winners(rd, n, columns=("n_warnings",), track=("n_warnings",))  # one pass over the segments
+    space = frozen.space  # from study.json (its layout): status never loads (unpickles) the study's code
+    win = select_winners(rd, n, columns=("n_warnings",), track=("n_warnings",), stamp=study_stamp(raw))
     task_state = win.state.copy()
     active = space.active_mask()
     task_state[~active] = 3  # hidden cells: neither done nor pending
@@ -147,7 +181,10 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
             continue
         d, f = (int(v) for v in space.cells[k])
         label = space.format_id(d, f, 0).rsplit("_", 1)[0]
-        cells.append({"cell": label, "data": study.data_spec(d), "fit": study.fit_spec(f), "done": int(done[k]),
+        data_spec, fit_spec = frozen.data_spec(d), frozen.fit_spec(f)
+        grid_values = (", ".join(f"{a}={b}" for a, b in data_spec.items()) + " | "
+                       + ", ".join(f"{a}={b}" for a, b in fit_spec.items()))
+        cells.append({"cell": label, "label": grid_values, "data": data_spec, "fit": fit_spec, "done": int(done[k]),
                       "failed": int(failed[k]), "pending": int(space.cell_reps[k] - done[k] - failed[k]),
                       "replicates": int(space.cell_reps[k])})
     manifest = Manifest(rd).read()
@@ -177,7 +214,8 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
         shards.append({"shard": sh.shard_id, "tasks": sh.n_tasks, "done": int(np.count_nonzero(st == 1)),
                        "failed": int(np.count_nonzero(st == 2)), "missing": missing, "state": state,
                        "reason": entry.get("reason", ""), "attempts": int(entry.get("attempts", 0)),
-                       "job_ids": entry.get("job_ids", [])})
+                       "job_ids": list(dict.fromkeys(entry.get("job_ids", []))),
+                       "logs": _log_files(rd, sh.shard_id, entry) if state not in _QUIET_STATES else []})
         try:
             pr = json.loads((shard_dir(rd.path, sh.shard_id) / "progress.json").read_text())
             if last and pr.get("time", 0) >= last.get("started", 0):
@@ -185,11 +223,17 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
                 rate_t0 = last["started"]
         except (FileNotFoundError, json.JSONDecodeError):
             pass
+    holder = DirLock(rd.driver_lock).holder()
+    driver_note = ""
+    if holder is not None and holder.host == socket.gethostname() and not _alive(holder.pid, holder.pid_started):
+        driver_note = f"none running (stale lock of {holder.describe()}: that process is gone)"
+        holder = None
+    elif holder is not None and holder.host != socket.gethostname():
+        driver_note = "on another host: its liveness is judged by its heartbeat, not checked here"
     eta = rate = None
-    if rate_t0 is not None and rate_num and not (last or {}).get("ended"):
+    if rate_t0 is not None and rate_num and not (last or {}).get("ended") and holder is not None:
         rate = rate_num / max(1e-9, time.time() - rate_t0)
         eta = (n - n_success - n_failed) / rate if rate > 0 else None
-    holder = DirLock(rd.driver_lock).holder()
     failures = _failures(rd, win, task_state)
     n_warn = int(np.nansum(win.tracked["n_warnings"]))
     return StudyStatus(
@@ -199,5 +243,7 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
         n_warnings=n_warn, cells=cells, shards=shards,
         corrupt=[{"segment": seg, "error": e} for seg, e in win.corrupt],
         driver=holder.describe() if holder else None, last_run=last, eta_seconds=eta, rate_per_s=rate,
-        failures=failures, scheduler_note=note,
+        failures=failures, scheduler_note=note, driver_note=driver_note,
+        foreign=[{"segment": seg, "error": e} for seg, e in win.foreign],
+        unreadable=[{"segment": seg, "error": e} for seg, e in win.unreadable],
     )

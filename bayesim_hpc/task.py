@@ -6,7 +6,7 @@ message, stage and traceback tail).
 
 Example:
     >>> rec = run_task(study, study.space.ref(0))      # doctest: +SKIP
-    >>> rec.status, rec.columns["rmse__value"]           # doctest: +SKIP
+    >>> rec.status, rec.columns["bias__slope"]           # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -74,11 +74,13 @@ def _check_draws(fit: FitResult, data: SimData) -> None:
 
 
 def _core_columns(fit: FitResult, data: SimData) -> dict[str, float]:
-    """Columns the per-cell aggregates need whatever metrics were chosen."""
+    """Columns the per-cell aggregates need whatever metrics were chosen: the posterior mean
+    (``estimate__p``), the posterior SD (``se__p``) and the true value (``truth__p``)."""
     out = {}
     for p in data.vars_of_interest:
         if p in fit.draws and fit.draws[p].ndim == 2:
             out[f"estimate__{p}"] = float(fit.draws[p].mean())
+            out[f"se__{p}"] = float(fit.draws[p].std(ddof=1)) if fit.draws[p].size > 1 else float("nan")
             if p in data.true_params:
                 out[f"truth__{p}"] = float(data.true_params[p])
     return out
@@ -133,6 +135,13 @@ def _missing_key_hint(exc: Exception, stage: str, study: Study, ref: TaskRef) ->
     return f" (not in {name}, which has: {', '.join(map(repr, spec))})"
 
 
+def _shape_of(values: Any) -> str:
+    if not isinstance(values, dict):
+        return f"a {type(values).__name__}, not a dict"
+    bad = {k: getattr(v, "shape", type(v).__name__) for k, v in values.items() if getattr(v, "size", 1) != 1}
+    return f"non-scalar values {bad}" if bad else "values that are not numbers"
+
+
 def run_task(study: Study, ref: TaskRef, attempt: int = 1, shard_id: int = -1) -> TaskRecord:
     """Run one task to a :class:`TaskRecord`; never raises for the task's own errors."""
     ctx = task_context(study, ref, attempt, shard_id)
@@ -164,7 +173,13 @@ def run_task(study: Study, ref: TaskRef, attempt: int = 1, shard_id: int = -1) -
             t0 = time.perf_counter()
             cols: dict[str, float] = {}
             for m in study.metrics:
-                cols.update(metric_columns(m.name, m.compute(fit, data)))
+                values = m.compute(fit, data)
+                try:
+                    cols.update(metric_columns(m.name, values))
+                except (TypeError, ValueError, AttributeError) as exc:
+                    raise TaskError(
+                        f"metric {m.name!r} ({type(m).__name__}) returned {_shape_of(values)}: a metric must "
+                        f"return a dict of scalars, e.g. {{'value': 0.3}} ({exc})") from None
             cols.update(_core_columns(fit, data))
             timing["timing_metrics"] = time.perf_counter() - t0
             if "diagnostics" in study.retain:

@@ -23,12 +23,10 @@ if __name__ == "__main__":
 import argparse
 import json
 import os
-import re
 import resource
 import socket
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -36,13 +34,18 @@ from typing import Callable
 from .config import Study
 from .manifest import scan_progress
 from .resultdir import ResultDir
-from .storage import atomic_write_text, shard_dir, write_segment
+from .storage import StorageFullError, atomic_write_text, ensure_shard_dir, shard_dir, study_stamp, write_segment
 from .task import TaskRecord, run_task
 
-__all__ = ["run_shard", "ShardOutcome", "EXIT_DONE", "EXIT_STOPPED", "EXIT_BUDGET", "StopRequested"]
+__all__ = ["run_shard", "ShardOutcome", "EXIT_DONE", "EXIT_STOPPED", "EXIT_BUDGET", "EXIT_STORAGE",
+           "StopRequested"]
 
-EXIT_DONE, EXIT_STOPPED, EXIT_BUDGET = 0, 3, 4
-_study_cache: dict[str, Study] = {}
+EXIT_DONE, EXIT_STOPPED, EXIT_BUDGET, EXIT_STORAGE = 0, 3, 4, 5
+_study_cache: dict[tuple[str, str], Study] = {}
+
+
+class _EndShard(Exception):
+    """Ends a shard's loop early (disk full, study replaced); the outcome says why."""
 
 
 class StopRequested(BaseException):
@@ -65,35 +68,20 @@ class ShardOutcome:
     segments: int = 0
     stop_signal: str | None = None  # e.g. "SIGUSR2": what stopped the shard, if anything
     systematic: bool = False  # stopped early: every task failed the same way (a bug, not bad luck)
+    storage_error: str | None = None  # a segment could not be written (disk full): the message
+    superseded: bool = False  # the result directory was reset (--force) under this shard
 
     @property
     def exit_code(self) -> int:
+        if self.storage_error:
+            return EXIT_STORAGE
+        if self.superseded:
+            return EXIT_STOPPED
         if self.budget_exceeded:
             return EXIT_BUDGET
         return EXIT_STOPPED if self.stopped else EXIT_DONE
 
 
-_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
-
-
-class _WarningRelay:
-    """Prints a kind of warning (or failure) the first few times it is seen, then only counts it.
-
-    The kind is the message with its numbers masked, so "3 divergent transitions" and
-    "12 divergent transitions" fold together.
-    """
-
-    def __init__(self, emit: Callable[[str], None], show: int = 3, label: str = "WARNING"):
-        self.emit, self.show, self.label, self.counts = emit, show, label, Counter()
-
-    def __call__(self, task_id: str, message: str) -> None:
-        kind = _NUMBER.sub("#", message)
-        self.counts[kind] += 1
-        n = self.counts[kind]
-        if n <= self.show:
-            self.emit(f"[{task_id}] {self.label} {message}")
-        elif n in (10, 100, 1000, 10000, 100000):
-            self.emit(f"[{task_id}] {self.label} (this kind seen {n} times in shard) {message}")
 
 
 class _SystematicFailure:
@@ -122,12 +110,40 @@ class _SystematicFailure:
         return self.n >= self.limit or (self.n == self.shard_tasks and self.n >= 3)
 
 
-def _load(rd: ResultDir) -> Study:
-    # keyed by the pickle's checksum too: a study that grew is a new frozen study
-    key = str(rd.path.resolve()) + ":" + str(rd.read_frozen().raw.get("study_pkl_sha256"))
+def _load(rd: ResultDir, generation: str) -> Study:
+    # The driver that started this worker checked that the directory is trusted. Keyed by the
+    # pickle's checksum too: a study that grew (same generation) is a new frozen study.
+    key = (str(rd.path.resolve()), generation, str(rd.read_frozen().raw.get("study_pkl_sha256")))
     if key not in _study_cache:
-        _study_cache[key] = rd.load_study()
+        _study_cache[key] = rd.load_study(check_trust=False)
     return _study_cache[key]
+
+
+class _StudyWatch:
+    """Notices when study.json is replaced (``--force``) while a shard runs."""
+
+    def __init__(self, rd: ResultDir, generation: str):
+        self.rd, self.generation = rd, generation
+        self.sig = self._sig()
+
+    def _sig(self) -> tuple[int, int] | None:
+        try:
+            st = self.rd.study_json.stat()
+            return st.st_ino, st.st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def replaced(self) -> bool:
+        sig = self._sig()
+        if sig == self.sig:
+            return False
+        try:
+            changed = self.rd.read_frozen().generation != self.generation
+        except (FileNotFoundError, json.JSONDecodeError):
+            return True
+        if not changed:
+            self.sig = sig  # rewritten, same study: no need to read it again
+        return changed
 
 
 def run_shard(
@@ -143,19 +159,19 @@ def run_shard(
     """Run the missing tasks of one shard; see the module docstring."""
     rd = ResultDir(result_dir)
     emit = emit or (lambda line: print(line, file=sys.stderr, flush=True))
-    study = study or _load(rd)
     frozen = rd.read_frozen()
+    stamp = study_stamp(frozen.raw)
+    watch = _StudyWatch(rd, frozen.generation)
+    study = study or _load(rd, frozen.generation)
     shard = frozen.shards[shard_id]
     space = study.space
-    prog = scan_progress(rd, space.n_tasks, shard_id)
-    for path, why in prog.corrupt:
-        emit(f"[shard {shard_id}] ignoring damaged segment {path.name}: {why}")
+    prog = scan_progress(rd, space.n_tasks, shard_id, stamp=stamp)
+    for path, why in prog.problems:
+        emit(f"[shard {shard_id}] ignoring segment {path.name}: {why}")
     indices = space.shard_indices(shard)
     active = space.active_mask()  # tasks of hidden cells (grid rows the study dropped) never run
     todo = [int(i) for i in indices if active[i] and (prog.state[i] == 0 or (retry_failed and prog.state[i] == 2))]
     out = ShardOutcome(shard_id, attempt, 0, 0, 0, len(indices) - len(todo))
-    relay = _WarningRelay(emit)
-    failures = _WarningRelay(emit, label="FAILED")
     buffer: list[TaskRecord] = []
     seq = _next_seq(rd, shard_id, attempt)
     last_flush = time.monotonic()
@@ -171,9 +187,21 @@ def run_shard(
 
     def flush() -> None:
         nonlocal seq, last_flush
-        if buffer:
-            write_segment(rd.path, shard_id, attempt, seq, buffer,
-                          draws_dtype=study.draws_dtype, compression=study.compression)
+        if buffer and not (out.storage_error or out.superseded):
+            if watch.replaced():  # --force replaced the study: these rows belong to no study now
+                out.superseded = True
+                emit(f"[shard {shard_id}] the result directory was reset (--force) since this shard started: "
+                     f"dropping {len(buffer)} result(s) of the replaced study and stopping")
+                buffer.clear()
+                raise _EndShard()
+            try:
+                write_segment(rd.path, shard_id, attempt, seq, buffer, draws_dtype=study.draws_dtype,
+                              compression=study.compression, stamp=stamp)
+            except StorageFullError as exc:
+                out.storage_error = str(exc)
+                emit(f"[shard {shard_id}] ERROR {exc}")
+                buffer.clear()  # not recorded: resume runs these tasks again
+                raise _EndShard() from None
             seq += 1
             out.segments += 1
             buffer.clear()
@@ -182,6 +210,9 @@ def run_shard(
     old_handlers = {}
     if handle_signals:
         def _on_signal(signum: int, frame: object) -> None:
+            if out.stopped:  # a second signal while the first is handled: already stopping
+                return
+            out.stopped = True
             raise StopRequested(signal.Signals(signum).name)
 
         for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
@@ -191,7 +222,12 @@ def run_shard(
             out.stopped = True
             out.stop_signal = signal.Signals(_EARLY_STOP[0]).name
             emit(f"[shard {shard_id}] received {signal.Signals(_EARLY_STOP[0]).name} while starting; stopping")
-    shard_dir(rd.path, shard_id).mkdir(parents=True, exist_ok=True)
+    try:
+        ensure_shard_dir(rd.path, shard_id)
+    except OSError as exc:
+        todo = []
+        out.storage_error = f"cannot create {shard_dir(rd.path, shard_id)}: {exc}"
+        emit(f"[shard {shard_id}] ERROR {out.storage_error}")
     try:
         for idx in todo:
             rec = run_task(study, space.ref(idx), attempt=attempt, shard_id=shard_id)
@@ -202,14 +238,17 @@ def run_shard(
             else:
                 out.n_failed += 1
                 first_line = rec.error_message.splitlines()[0] if rec.error_message else ""
-                failures(rec.task_id, f"in {rec.error_stage}: {rec.error_type}: {first_line}")
-            for w in rec.warnings:
-                relay(rec.task_id, w)
+                emit(f"[{rec.task_id}] FAILED in {rec.error_stage}: {rec.error_type}: {first_line}")
+            for w in rec.warnings:  # every one: the driver folds repeats across workers (relay.FoldingEmit)
+                emit(f"[{rec.task_id}] WARNING {w}")
             now = time.monotonic()
             if len(buffer) >= flush_every or now - last_flush >= flush_seconds:
                 flush()
             if now - last_progress >= 2.0:
-                _write_progress(progress_path, attempt, out, len(indices))
+                try:
+                    _write_progress(progress_path, attempt, out, len(indices))
+                except OSError:
+                    pass
                 last_progress = now
             if max_errors is not None and n_failed_before + out.n_failed > max_errors:
                 out.budget_exceeded = True
@@ -224,13 +263,21 @@ def run_shard(
         out.stopped = True
         out.stop_signal = str(sig)
         emit(f"[shard {shard_id}] received {sig}: flushing {len(buffer)} finished task(s) and stopping")
+    except _EndShard:
+        pass
     finally:
         # Signals stay blocked from here on: the flush must not be interrupted by a second one.
         if handle_signals:
             for sig in old_handlers:
                 signal.signal(sig, signal.SIG_IGN)
-        flush()
-        _write_progress(progress_path, attempt, out, len(indices))
+        try:
+            flush()
+        except _EndShard:
+            pass
+        try:
+            _write_progress(progress_path, attempt, out, len(indices))
+        except OSError:  # progress is informational; a full disk is reported by the flush
+            pass
         if handle_signals:
             for sig, h in old_handlers.items():
                 signal.signal(sig, h)
@@ -284,7 +331,9 @@ def _serve(result_dir: str) -> int:
                         handle_signals=True)
         print(json.dumps({"shard_done": out.shard_id, "exit": out.exit_code, "run": out.n_run,
                           "success": out.n_success, "failed": out.n_failed}), flush=True)
-        if out.stopped:
+        if out.storage_error:
+            return EXIT_STORAGE
+        if out.stopped or out.superseded:
             return EXIT_STOPPED
     return EXIT_DONE
 
@@ -314,5 +363,25 @@ def main(argv: list[str] | None = None) -> int:
     return out.exit_code
 
 
+def _exit_now(code: int) -> None:
+    """End the worker process with ``code`` once its output is flushed, skipping teardown.
+
+    Every segment and progress file is already closed and renamed into place when
+    :func:`run_shard` returns; what is left is stdout/stderr and logging. Interpreter
+    teardown (garbage-collecting PyMC, PyTensor, numba and nutpie state) takes 0.8-1.5 s
+    per process and does nothing a finished worker needs, so the process ends with
+    ``os._exit``.
+    """
+    import logging
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more to say
+            pass
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit_now(main())

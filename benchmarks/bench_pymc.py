@@ -17,12 +17,28 @@ with 4 chains x 1000 draws after 1000 tuning steps, one core:
     first ``--naive-n`` datasets only (it is slow); its rate is extrapolated from those.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_pymc.py --n 200 --naive-n 10
+
+``--process`` measures instead what one worker process costs (issue 17), on a robust
+regression (Student-t likelihood; intercept, slope, sigma; n = 80 and 200 alternating;
+2 chains x 500 draws after 500 tuning steps, one core): fresh processes each fit a
+100-task shard with the default ``PyMCFitter(build_model)`` (no options), once with an
+empty PyTensor compile directory (cold) and then with the one it left (warm). Per process:
+start-up and imports, the first task (compile included), a steady task, teardown (normal
+interpreter exit against ``os._exit``, as the worker ends), the fixed cost (process start
+to the end of the first task, minus a steady task) and fits/s over the whole process. In
+the same process it also times the raw loop the default path should stay close to
+(``compiled.with_data`` + ``nutpie.sample``, compiled once) and a naive ``pm.sample``
+rebuild per dataset:
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_pymc.py --process --shard 100
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -162,8 +178,183 @@ def run_naive_loop(datasets, seeds, draws, tune, chains) -> dict:
             "slope_means": means}
 
 
+# --------------------------------------------------------------------------- per process (--process)
+
+
+def make_robust_dataset(i: int, seed: int = 7) -> SimData:
+    """Robust-regression data: n alternates 80 / 200, Student-t noise."""
+    rng = np.random.default_rng([seed, i])
+    n = 80 if i % 2 == 0 else 200
+    x = rng.normal(size=n)
+    y = 0.5 + 1.5 * x + rng.standard_t(4, size=n)
+    return SimData(train={"x": x, "y": y}, response="y", true_params={"intercept": 0.5, "slope": 1.5})
+
+
+def build_robust(data: SimData, fit_spec: dict):
+    import pymc as pm
+
+    with pm.Model() as model:
+        x = pm.Data("x", data.column("x"))
+        y = pm.Data("y_obs", data.column("y"))
+        a = pm.Normal("intercept", 0, 5)
+        b = pm.Normal("slope", 0, 5)
+        sigma = pm.HalfNormal("sigma", 2)
+        pm.StudentT("y", nu=4, mu=a + b * x, sigma=sigma, observed=y, shape=x.shape)
+    return model
+
+
+ROBUST = dict(draws=500, tune=500, chains=2)
+
+
+def child(args) -> None:
+    """One worker-like process: imports, a shard of default-path fits, then exit."""
+    t_main = time.time()
+    t0 = time.perf_counter()
+    import pymc  # noqa: F401
+
+    t_pymc = time.perf_counter() - t0
+    import nutpie  # noqa: F401
+
+    from bayesim_hpc import worker  # noqa: F401  (what a worker process imports besides)
+
+    t_imports = time.perf_counter() - t0
+    for name in ("pymc", "pytensor", "arviz"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    fitter = PyMCFitter(build_robust, **ROBUST, **({"model_cache": False} if args.no_model_cache else {}))
+    times, compile_s, first_end = [], 0.0, None
+    parts: dict[str, list[float]] = {}
+    for i in range(args.shard):
+        data = make_robust_dataset(i)
+        t1 = time.perf_counter()
+        r = fitter.fit(data, {}, 1000 + i, _ctx(i, 1000 + i))
+        times.append(time.perf_counter() - t1)
+        if i == 0:
+            compile_s = r.timing["compile"]
+            first_end = time.time()
+        for k in ("build", "sampling", "extract", "diagnostics"):
+            parts.setdefault(k, []).append(r.timing.get(k, 0.0))
+    out = {"t_main": t_main, "first_end": first_end, "import_pymc": t_pymc, "imports": t_imports,
+           "first_task": times[0], "compile": compile_s, "loaded": fitter.n_loaded, "steady": float(np.median(times[1:])),
+           "parts": {k: float(np.median(v[1:])) for k, v in parts.items()}, "n_compiles": fitter.n_compiles,
+           "done": time.time()}
+    if args.raw_loop:
+        out["loops"] = raw_and_default_loops(args.raw_loop)
+        out["naive"] = naive_robust(args.naive_n) if args.naive_n else None
+        out["done"] = time.time()
+    print("BENCH " + json.dumps(out), flush=True)
+    if args.exit == "fast":
+        os._exit(0)
+
+
+def raw_and_default_loops(n: int) -> dict:
+    """Median seconds per fit, interleaved so that both see the same machine load.
+
+    raw: nutpie compiled once, ``compiled.with_data`` + ``nutpie.sample`` per dataset (the
+    InferenceData ``nutpie.sample`` returns included). default: ``PyMCFitter(build_model)``
+    with no options (model rebuilt and keyed per task, raw trace read, diagnostics).
+    """
+    import nutpie
+
+    compiled = nutpie.compile_pymc_model(build_robust(make_robust_dataset(0), {}))
+    fitter = PyMCFitter(build_robust, **ROBUST)
+    fitter.fit(make_robust_dataset(0), {}, 1, _ctx(0, 1))  # compile (or load)
+    raw, default = [], []
+    for i in range(n):
+        d = make_robust_dataset(i)
+        t0 = time.perf_counter()
+        c = compiled.with_data(x=d.column("x"), y_obs=d.column("y"))
+        nutpie.sample(c, cores=1, seed=1000 + i, progress_bar=False, save_warmup=False, **ROBUST)
+        t1 = time.perf_counter()
+        fitter.fit(d, {}, 1000 + i, _ctx(i, 1000 + i))
+        t2 = time.perf_counter()
+        raw.append(t1 - t0)
+        default.append(t2 - t1)
+    return {"raw": float(np.median(raw)), "default": float(np.median(default)),
+            "ratio": float(np.median(np.array(default) / np.array(raw)))}
+
+
+def naive_robust(n: int) -> float:
+    """Median seconds per fit: build the model and ``pm.sample`` it (PyMC's NUTS), per dataset."""
+    import pymc as pm
+
+    times = []
+    for i in range(n + 1):  # the first (warm-up) is not counted
+        d = make_robust_dataset(i)
+        t0 = time.perf_counter()
+        with build_robust(d, {}):
+            pm.sample(cores=1, random_seed=i, progressbar=False, compute_convergence_checks=False, **ROBUST)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:]))
+
+
+def run_process(compiledir: str, shard: int, exit_mode: str, extra: list[str] | None = None) -> dict:
+    """Start one child process; its timings plus start-up and teardown seen from outside."""
+    import subprocess
+
+    env = dict(os.environ, PYTENSOR_FLAGS=f"base_compiledir={compiledir}", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--shard", str(shard), "--exit", exit_mode]
+    t_start = time.time()
+    p = subprocess.run(cmd + (extra or []), env=env, capture_output=True, text=True)
+    t_end = time.time()
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("BENCH ")]
+    if p.returncode != 0 or not line:
+        raise RuntimeError(f"child failed ({p.returncode}): {p.stderr[-2000:]}")
+    r = json.loads(line[0][6:])
+    r["startup"] = r["t_main"] - t_start
+    r["teardown"] = t_end - r["done"]
+    r["wall"] = t_end - t_start
+    r["fixed"] = r["first_end"] - t_start - r["steady"]
+    r["exit"] = exit_mode
+    return r
+
+
+def process_main(args) -> int:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cold = run_process(tmp, args.shard, "fast")
+        warm_compile = run_process(tmp, args.shard, "fast", ["--no-model-cache"])
+        warm = run_process(tmp, args.shard, "fast")
+        warm_normal = run_process(tmp, args.shard, "normal", ["--raw-loop", str(args.loop_n),
+                                                               "--naive-n", str(args.naive_n)])
+    print(f"# robust regression (Student-t), n = 80/200, 2 chains x 500 draws (+500 tune), cores=1; "
+          f"{args.shard}-task shard per process, default PyMCFitter(build_model)")
+    print("| process | start-up | imports (pymc) | first task (compile) | steady task | teardown | "
+          "fixed cost | process wall | fits/s over the shard |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, r in (("cold compile dir", cold), ("warm PyTensor cache, model_cache=False", warm_compile),
+                     ("warm compile dir (model loaded from disk)", warm),
+                     ("warm, normal exit (+ loops below)", warm_normal)):
+        wall = r["wall"] if r is not warm_normal else r["first_end"] - r["t_main"] + r["startup"] +             (args.shard - 1) * r["steady"] + r["teardown"]
+        how = "loaded" if r["loaded"] else "compile"
+        print(f"| {label} | {r['startup']:.2f} s | {r['imports']:.2f} s ({r['import_pymc']:.2f}) | "
+              f"{r['first_task']:.2f} s ({how} {r['compile']:.2f}) | {1e3 * r['steady']:.1f} ms | "
+              f"{r['teardown']:.2f} s ({r['exit']}) | {r['fixed']:.2f} s | {wall:.1f} s | "
+              f"{args.shard / wall:.1f} |")
+    p = warm["parts"]
+    print(f"\nsteady task parts (warm, median ms): build+key+with_data {1e3 * p['build']:.1f}, "
+          f"nutpie.sample {1e3 * p['sampling']:.1f}, read raw trace {1e3 * p['extract']:.2f}, "
+          f"diagnostics {1e3 * p['diagnostics']:.2f}")
+    loops, naive = warm_normal["loops"], warm_normal["naive"]
+    print(f"default path {1e3 * loops['default']:.1f} ms/task vs raw nutpie loop {1e3 * loops['raw']:.1f} ms/fit "
+          f"(interleaved, {args.loop_n} each): median ratio {loops['ratio']:.2f}x (goal <= 1.25x)")
+    if naive:
+        shard_rate = args.shard / warm["wall"]
+        print(f"naive build + pm.sample: {1e3 * naive:.0f} ms/fit; warm {args.shard}-task shard process "
+              f"{shard_rate:.1f} fits/s = {shard_rate * naive:.1f}x naive (goal >= 15x); steady "
+              f"{naive / warm['steady']:.1f}x")
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--process", action="store_true", help="per-process costs on the robust model (issue 17)")
+    ap.add_argument("--shard", type=int, default=100, help="--process: tasks per process")
+    ap.add_argument("--loop-n", type=int, default=40, help="--process: fits timed in the raw/default loops")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--exit", default="fast", help=argparse.SUPPRESS)
+    ap.add_argument("--raw-loop", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--no-model-cache", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=200, help="replicate datasets for the fitter loop")
     ap.add_argument("--naive-n", type=int, default=10, help="datasets timed in the naive loop")
     ap.add_argument("--draws", type=int, default=1000)
@@ -171,6 +362,10 @@ def main(argv=None):
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--nobs", type=int, default=100, help="rows per dataset")
     args = ap.parse_args(argv)
+    if args.child:
+        return child(args)
+    if args.process:
+        return process_main(args)
 
     warnings.simplefilter("ignore")
     t0 = time.perf_counter()

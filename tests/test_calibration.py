@@ -39,14 +39,14 @@ def sbc_result():
 @pytest.mark.parametrize("param", ["intercept", "slope", "sigma"])
 def test_coverage_within_three_mcse(sbc_result, param):
     cell = sbc_result.cells.iloc[0]
-    cov, mcse = cell[f"coverage__by_param__{param}"], cell[f"coverage__by_param__{param}__mcse"]
+    cov, mcse = cell[f"cover90__{param}"], cell[f"cover90__{param}__mcse"]
     assert mcse == pytest.approx(np.sqrt(0.9 * 0.1 / 500), rel=0.2)
     assert abs(cov - 0.9) < 3 * mcse, (cov, mcse)
 
 
 @pytest.mark.parametrize("param", ["intercept", "slope", "sigma"])
 def test_sbc_ranks_are_uniform(sbc_result, param):
-    ranks = sbc_result.summary[f"sbc_rank__by_param__{param}"].to_numpy()
+    ranks = sbc_result.summary[f"sbc_rank__{param}"].to_numpy()
     assert ranks.min() >= 0 and ranks.max() <= 99
     counts = np.bincount((ranks // 10).astype(int), minlength=10)  # 10 bins of 10 ranks each
     p = stats.chisquare(counts).pvalue
@@ -68,6 +68,6 @@ def test_a_miscalibrated_fitter_is_caught():
         metrics=[coverage_metric(0.9), sbc_rank_metric(99)], n_replicates=200, seed=7, retain="minimal")
     res = run_simulation(cfg, progress=False, emit=lambda s: None)
     cell = res.cells.iloc[0]
-    assert abs(cell["coverage__by_param__slope"] - 0.9) > 3 * cell["coverage__by_param__slope__mcse"]
-    ranks = res.summary["sbc_rank__by_param__slope"].to_numpy()
+    assert abs(cell["cover90__slope"] - 0.9) > 3 * cell["cover90__slope__mcse"]
+    ranks = res.summary["sbc_rank__slope"].to_numpy()
     assert stats.chisquare(np.bincount((ranks // 10).astype(int), minlength=10)).pvalue < 0.001

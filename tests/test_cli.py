@@ -43,19 +43,25 @@ def test_run_status_report_replay_clean(study_file, tmp_path):
     assert "1 failed" in r.output and f"bayesim-hpc resume {out}" in r.output
     r = invoke("status", out)
     assert r.exit_code == EXIT_INCOMPLETE
-    assert "done: 59  failed: 1  pending: 0" in r.output
+    assert "succeeded: 59 (98.3 %)  failed: 1 (1.7 %)  pending: 0" in r.output
     assert "d001_f002" in r.output and "RuntimeError in fit" in r.output
     st = json.loads(invoke("status", out, "--json").output)
     assert st["n_success"] == 59 and len(st["cells"]) == 4 and len(st["shards"]) >= 1
     r = invoke("report", out)
     assert r.exit_code == 0
     html = (out / "report.html").read_text()
-    assert "Performance measures per cell" in html and "coverage.png" in html
+    assert "Which method is biased?" in html and "data:image/png;base64," in html
     plots = json.loads((out / "report.json").read_text())["plots"]
-    assert {p["title"] for p in plots} >= {"Coverage", "Bias", "Diagnostics", "SBC ranks (sbc_rank)"}
-    for p in plots:
+    assert {p["title"] for p in plots} >= {"Coverage (cover90)", "Bias", "Diagnostics", "SBC ranks (sbc_rank)"}
+    import base64
+    import io
+    import re
+
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
+    assert len(images) == len(plots)
+    for p, b64 in zip(plots, images):
         assert p["points"] > 0
-        img = np.asarray(Image.open(out / p["file"]).convert("L"), dtype=float)
+        img = np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("L"), dtype=float)
         assert img.std() > 5  # not a blank canvas
     r = invoke("replay", out, "d001_f002_r00003")
     assert r.exit_code == 1 and "injected failure" in r.output and "matches the stored result: yes" in r.output
@@ -116,3 +122,23 @@ def test_subprocess_run_relays_worker_warnings_and_resume(study_file, tmp_path):
     p = subprocess.run([sys.executable, "-m", "bayesim_hpc.cli", "status", str(out), "--json"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert json.loads(p.stdout)["n_warnings"] == 59  # the failing task raises before it warns
+
+
+def test_status_tells_the_truth_about_failures_and_shows_grid_values(tmp_path):
+    """An all-failed study is not '100 % finished'; cells show their grid values; the advice fits."""
+    from bayesim_hpc import run_simulation
+    from bayesim_hpc.status import study_status
+
+    from .studies.linear import make_config
+
+    def broken(spec, rng, ctx):
+        raise ValueError("no data today")
+
+    cfg = make_config(data_generator=broken, data_grid={"n": [10, 20], "sigma": [1.0]}, n_replicates=3,
+                      result_path=tmp_path / "r", stop_on_systematic_failure=None)
+    run_simulation(cfg, progress=False, emit=lambda s: None)
+    text = study_status(tmp_path / "r").render()
+    assert "succeeded: 0 (0.0 %)  failed: 6 (100.0 %)  pending: 0" in text
+    assert "finished" not in text and "to finish" not in text
+    assert "d002_f001         0 /     3 /      0   n=20, sigma=1.0 | model=linear" in text
+    assert f"bayesim-hpc replay {tmp_path / 'r'} d001_f001_r00001" in text

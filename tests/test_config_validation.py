@@ -101,3 +101,11 @@ def test_resolve_retention_profiles():
     assert resolve_retention("standard") == ["metrics", "diagnostics", "warnings"]
     assert resolve_retention("debug") == ["metrics", "diagnostics", "draws", "predictions", "fit", "data", "warnings"]
     assert resolve_retention(["warnings", "draws"]) == ["metrics", "draws", "warnings"]
+
+
+def test_a_metric_name_suggests_the_factory():
+    from tests.studies.linear import make_config
+
+    with pytest.raises(ConfigError, match=r"metrics\[0\]='bias': is a name, not a metric. Fix: pass the metric "
+                                          r"object: metrics=\[bias_metric\(\)\]"):
+        make_config(metrics=["bias"])

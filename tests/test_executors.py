@@ -12,7 +12,7 @@ from bayesim_hpc.resultdir import ResultDir
 
 from .studies.linear import make_config
 
-COLS = ["task_id", "status", "rmse__value", "bias__value", "coverage__mean", "coverage__by_param__slope"]
+COLS = ["task_id", "status", "rmse__slope", "bias__intercept", "cover90__intercept", "cover90__slope"]
 
 
 def _cfg(rdir, **kw):
@@ -124,11 +124,14 @@ def test_local_pool_leaves_no_worker_behind(rdir):
 
 
 def test_warning_relay_folds_messages_that_differ_only_in_numbers():
-    from bayesim_hpc.worker import _WarningRelay
+    from bayesim_hpc.relay import FoldingEmit
 
     out = []
-    relay = _WarningRelay(out.append)
+    relay = FoldingEmit(out.append)
     for i in range(100):
-        relay(f"d001_f001_r{i + 1:05d}", f"{i + 1} divergent transitions")
+        relay(f"[d001_f001_r{i + 1:05d}] WARNING {i + 1} divergent transitions")
+    relay("a line that is not a warning")
     assert out[:3] == [f"[d001_f001_r0000{i}] WARNING {i} divergent transitions" for i in (1, 2, 3)]
-    assert len(out) == 5 and "seen 100 times" in out[-1]
+    assert len(out) == 6 and "(100 so far of this kind)" in out[-2] and out[-1] == "a line that is not a warning"
+    relay.close()
+    assert out[-1] == "  100 x WARNING # divergent transitions  (cells: d001_f001 100)"

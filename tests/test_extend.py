@@ -57,7 +57,7 @@ def test_extend_runs_only_new_tasks_and_keeps_old_rows_bit_for_bit(tmp_path):
     assert len(s1) == 36 and (s1["status"] == "success").all()
     # old tasks: same ids, every stored column bit-identical; the new metric is missing until remetric
     pd.testing.assert_frame_equal(s1.loc[s0.index, s0.columns], s0, check_exact=True)
-    assert s1.loc[s0.index, "coverage__mean"].isna().all()
+    assert s1.loc[s0.index, "cover90__slope"].isna().all()
     # the shard plan grew; the old shards are unchanged
     raw = json.loads((rdir / "study.json").read_text())
     assert raw["shards"][:len(shards0)] == shards0 and len(raw["shards"]) > len(shards0)
@@ -73,7 +73,7 @@ def test_extend_runs_only_new_tasks_and_keeps_old_rows_bit_for_bit(tmp_path):
     # history in status
     st = study_status(rdir)
     text = st.render()
-    assert "created: 8 tasks" in text and "n_replicates 4 -> 6" in text and "new metric(s) ['coverage']" in text
+    assert "created: 8 tasks" in text and "n_replicates 4 -> 6" in text and "new metric(s) ['cover90']" in text
     assert st.complete and st.n_tasks == 36
     # running the grown study again changes nothing and runs nothing
     callcount.CALLS.clear()
@@ -175,18 +175,19 @@ def test_remetric_equals_a_fresh_run_with_the_new_metric(tmp_path):
     # data regenerated once per task (plus one check before anything is written), nothing refitted
     assert out.n_success == 10 and len(callcount.CALLS) == 11
     # and a changed definition (probability level) from a study file's metrics
-    changed = config(rdir, metrics=[rmse_metric(), bias_metric(), coverage_metric(0.5, name="coverage")],
+    changed = config(rdir, metrics=[rmse_metric(), bias_metric(), coverage_metric(0.5)],
                      n_replicates=5)
     remetric(rdir, changed, emit=lambda s: None)
     res = load_results(rdir)
     fresh = run_simulation(config(tmp_path / "fresh", metrics=[rmse_metric(), bias_metric(),
-                                                                 coverage_metric(0.5, name="coverage")],
+                                                                 coverage_metric(0.5)],
                                   n_replicates=5), **QUIET)
     a, b = _metric_frame(res.summary), _metric_frame(fresh.summary)
-    pd.testing.assert_frame_equal(a, b[a.columns], check_exact=True)
+    assert a.drop(columns=b.columns).isna().all().all()  # the dropped metric's columns: empty (old segments)
+    pd.testing.assert_frame_equal(a[b.columns], b, check_exact=True)
     cells_a = res.cells.drop(columns=[c for c in res.cells.columns if c.startswith("timing")])
-    cells_b = fresh.cells[cells_a.columns]
-    pd.testing.assert_frame_equal(cells_a, cells_b, check_exact=True)
+    cells_b = fresh.cells.drop(columns=[c for c in fresh.cells.columns if c.startswith("timing")])
+    pd.testing.assert_frame_equal(cells_a[cells_b.columns], cells_b, check_exact=True)
     # the refit-free definition is now the frozen one: running the study file again is no change
     callcount.CALLS.clear()
     run_simulation(changed, **QUIET)
@@ -262,9 +263,10 @@ def test_cli_grow_remetric_adaptive_and_report_history(tmp_path):
     study.write_text(body.format(metric="bias_metric(), coverage_metric()", n=6))
     r = invoke("run", study, "-o", out, "-e", "inline", "--no-progress")
     assert r.exit_code == 0 and "the study grew: n_replicates 4 -> 6" in r.output
-    study.write_text(body.format(metric="bias_metric(), coverage_metric(0.5, name='coverage')", n=6))
+    study.write_text(body.format(metric="bias_metric(), coverage_metric()", n=6).replace("rmse_metric()",
+                                                                                         "rmse_metric('params')"))
     r = invoke("run", study, "-o", out, "-e", "inline", "--no-progress")
-    assert r.exit_code == 6 and "metric 'coverage'" in r.output and "remetric" in r.output
+    assert r.exit_code == 6 and "metric 'rmse'" in r.output and "remetric" in r.output
     r = invoke("remetric", out, study)
     assert r.exit_code == 0 and "6 succeeded" in r.output
     r = invoke("run", study, "-o", out, "-e", "inline", "--no-progress", "--target-mcse", "bias=0.05",

@@ -91,3 +91,15 @@ def test_wide_grids_build_specs_column_wise():
                               data_generator=typed_generator, fitter=MockFitter(), metrics=[bias_metric()], seed=1)
     assert study.data_spec(999) == {"n": 1009, "sigma": 1.0}
     assert isinstance(study.data_spec(999)["n"], int) and not isinstance(study.data_spec(0)["n"], np.integer)
+
+
+def test_select_by_grid_values(tmp_path):
+    res = run_simulation(make(frame_grids(), result_path=tmp_path / "r"), "inline", progress=False,
+                         emit=lambda s: None)
+    rows = res.select(n=50, label="n")
+    assert len(rows) == 2 * 2 and set(rows["data_n"]) == {50} and set(rows["fit_label"]) == {"n"}
+    assert len(res.select(family=["t"], flag=True)) == 2 * 2
+    cells = res.select("cells", n=100)
+    assert len(cells) == 2 and set(cells["data_n"]) == {100}
+    with pytest.raises(KeyError, match="the grid columns are: data_family"):
+        res.select(nn=1)

@@ -16,22 +16,28 @@ def test_seed_example_summary_columns():
     s = res.summary
     assert len(s) == 20
     assert (s["status"] == "success").all()
-    for col in ["task_id", "status", "rmse__value", "rmse__n_obs", "bias__value", "coverage__mean",
-                "coverage__by_param__intercept", "coverage__by_param__slope", "coverage__by_param__sigma",
+    for col in ["task_id", "status", "rmse__slope", "bias__intercept", "bias__slope", "bias__sigma",
+                "cover90__intercept", "cover90__slope", "cover90__sigma", "cover90__slope__lo", "cover90__slope__hi",
+                "estimate__slope", "se__slope", "truth__slope",
                 "rhat_max", "ess_bulk", "ess_tail", "divergent", "max_treedepth", "timing_total", "rep_idx",
                 "data_n", "data_sigma", "fit_model"]:
         assert col in s.columns, col
     assert s["task_id"].iloc[0] == "d001_f001_r00001"
     assert s["rep_idx"].tolist() == list(range(1, 21))
     assert (s["fit_model"] == "linear").all() and (s["data_n"] == 100).all()
-    assert np.all(np.isfinite(s["rmse__value"])) and (s["rmse__value"] > 0).all()
-    assert set(s["coverage__mean"]) <= {0, 1 / 3, 2 / 3, 1}
+    assert np.all(np.isfinite(s["rmse__slope"])) and (s["rmse__slope"] > 0).all()
+    assert set(s["cover90__slope"]) <= {0, 1}
+    # no column averages different parameters (issue 18): every metric column names one parameter
+    for c in s.columns:
+        if c.split("__")[0] in ("rmse", "bias", "cover90"):
+            assert c.split("__")[1] in ("intercept", "slope", "sigma"), c
+    assert s["rmse__slope"].to_numpy() == pytest.approx(np.abs(s["estimate__slope"] - s["truth__slope"]).to_numpy())
     assert (s["rhat_max"] < 1.1).all()
 
 
 def test_minimal_retention_has_no_diagnostics_columns():
     s = run_simulation(make_config(retain="minimal"), **QUIET).summary
-    assert "rhat_max" not in s.columns and "rmse__value" in s.columns
+    assert "rhat_max" not in s.columns and "rmse__slope" in s.columns
 
 
 def _metric_cols(s: pd.DataFrame) -> pd.DataFrame:
@@ -76,7 +82,7 @@ def test_failures_are_recorded_and_do_not_stop_the_study():
     assert s.loc["d001_f001_r00003", "error_stage"] == "fit"
     assert s.loc["d001_f001_r00003", "error_type"] == "RuntimeError"
     assert (s["status"] == "success").sum() == 4
-    assert np.isnan(s.loc["d001_f001_r00002", "rmse__value"])
+    assert np.isnan(s.loc["d001_f001_r00002", "rmse__slope"])
 
 
 def test_nan_draws_fail_the_task_with_a_clear_error():
@@ -125,8 +131,9 @@ def test_cells_have_mcse(tmp_path):
     res = run_simulation(make_config(n_replicates=40, data_grid={"n": [50, 200], "sigma": [1.0]}), **QUIET)
     cells = res.cells
     assert len(cells) == 2
-    assert {"bias__slope", "bias__slope__mcse", "coverage__mean", "coverage__mean__mcse", "empse__slope",
-            "mse__slope__mcse"} <= set(cells.columns)
+    assert {"bias__slope", "bias__slope__mcse", "cover90__slope", "cover90__slope__mcse", "empse__slope",
+            "mse__slope__mcse", "modelse__slope", "relerror__slope", "becover90__slope"} <= set(cells.columns)
+    assert not [c for c in cells.columns if "by_param" in c or c in ("bias__value", "rmse__value", "coverage__mean")]
     s = res.summary
     sub = s[s["data_n"] == 50]
     e = sub["estimate__slope"] - sub["truth__slope"]

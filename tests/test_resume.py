@@ -1,5 +1,7 @@
 """Resume runs only what is missing or failed, and refuses a changed study."""
 
+import os
+
 import pytest
 
 from bayesim_hpc import (BayesimError, MockFitter, StudyChangedError, clean_old_checkpoints, list_checkpoints,
@@ -9,7 +11,7 @@ from bayesim_hpc.storage import iter_segment_paths
 from .studies.linear import make_config
 
 QUIET = dict(progress=False, emit=lambda s: None)
-COLS = ["task_id", "status", "rmse__value", "bias__value", "coverage__mean"]
+COLS = ["task_id", "status", "rmse__slope", "bias__intercept", "cover90__sigma"]
 
 
 def _gen_other(spec, rng, ctx):
@@ -26,7 +28,7 @@ def _gen_other(spec, rng, ctx):
     (dict(data_grid={"n": [200], "sigma": [1.0]}), "data_grid"),
     (dict(fit_grid={"model": ["quadratic"]}), "fit_grid"),
     (dict(fitter=MockFitter(scale=2.0)), "fitter"),
-    (dict(metrics=[rmse_metric(), bias_metric(), coverage_metric(0.5, name="coverage")]), "metrics"),
+    (dict(metrics=[rmse_metric("params"), bias_metric(), coverage_metric()]), "metrics"),
     (dict(data_generator=_gen_other), "data_generator"),
 ])
 def test_changed_study_is_refused_naming_the_change(rdir, change, named):
@@ -84,9 +86,21 @@ def test_checkpoints_listed_and_superseded_ones_cleaned(rdir):
     import shutil
     src = sorted(iter_segment_paths(rdir))[0]
     shutil.copy(src, src.with_name(src.name.replace("a001", "a002")))
-    (rdir / ".summary.dead0001.h5.tmp").write_bytes(b"a reducer was killed here")
+    import subprocess
+    import sys
+
+    from bayesim_hpc.storage import temp_name
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed = temp_name(rdir / "summary.h5")
+    killed = killed.with_name(killed.name.replace(f".{os.getpid()}@", f".{dead.pid}@"))
+    killed.write_bytes(b"a reducer was killed here")
+    live = temp_name(rdir / "cells.csv")  # named after this (live) process: kept
+    live.write_bytes(b"a reducer is writing here")
     rep = clean_old_checkpoints(rdir, keep_n=1)
-    assert sorted(rep.removed) == sorted([".summary.dead0001.h5.tmp", str(src.relative_to(rdir))])
+    assert sorted(rep.removed) == sorted([killed.name, str(src.relative_to(rdir))])
+    assert live.exists() and [k for k, _ in rep.kept] == [live.name]
     assert len(load_results(rdir, reduce="always").summary) == 20
 
 

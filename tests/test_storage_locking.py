@@ -71,7 +71,7 @@ def test_damaged_shard_is_reported_and_rerun(rdir):
     lines = []
     again = run_simulation(cfg, progress=False, emit=lines.append).summary
     assert any("damaged segment" in line for line in lines)
-    cols = ["task_id", "rmse__value", "bias__value", "coverage__mean"]
+    cols = ["task_id", "rmse__slope", "bias__intercept", "cover90__sigma"]
     assert again[cols].equals(first[cols])
 
 
@@ -115,9 +115,13 @@ def test_lock_of_other_host_is_stale_only_without_heartbeat(tmp_path):
                                 "token": "x", "purpose": "driver"}))
     with pytest.raises(DriverLockedError, match="node-elsewhere"):
         DirLock(path, stale_after=60).acquire()
-    old = time.time() - 120
+    old = time.time() - 120  # an old mtime alone proves nothing (clock skew): the heartbeat must stand still
     os.utime(path, (old, old))
-    DirLock(path, stale_after=60).acquire().release()
+    with pytest.raises(DriverLockedError, match="node-elsewhere"):
+        DirLock(path, stale_after=60).acquire()
+    t0 = time.monotonic()
+    DirLock(path, stale_after=1.0).acquire(timeout=3.0).release()  # broken after 1 s without a beat
+    assert 1.0 <= time.monotonic() - t0 < 3.0
 
 
 def test_heartbeat_refreshes_lock(tmp_path):

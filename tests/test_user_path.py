@@ -8,7 +8,9 @@ then ``resume``, must finish with every task once and metrics equal to an uninte
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import time
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from bayesim_hpc import load_results
 
 from .user_path import cli, copy_example, kill_group, metric_frame, n_segments, start_cli, wait_for, write_study
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_CHANGED = 0, 3, 6
+EXIT_OK, EXIT_INCOMPLETE, EXIT_CHANGED, EXIT_INTERRUPTED = 0, 3, 6, 130
 
 
 def test_run_then_resume_in_fresh_processes(tmp_path):
@@ -130,3 +132,25 @@ def test_new_user_folder_layout(tmp_path):
         check_rc=EXIT_INCOMPLETE)
     out = cli("resume", str(rdir), cwd=Path("/"), check_rc=EXIT_INCOMPLETE)
     assert "15 succeeded, 1 failed, 0 missing" in out.stderr
+
+
+def test_ctrl_c_exits_130_with_one_line_and_a_second_one_is_harmless(tmp_path):
+    """Ctrl-C reaches the whole foreground process group (driver and workers), twice."""
+    study = write_study(tmp_path / "work", n_replicates=10, delay=0.3)
+    rdir = tmp_path / "results"
+    proc = start_cli("run", str(study), "--result-dir", str(rdir), "--executor", "local", "--workers", "2",
+                     log=tmp_path / "run.log")
+    wait_for(lambda: (rdir / "manifest.json").exists() or proc.poll() is not None, 60, "the run to start")
+    time.sleep(2.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.2)
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+    except ProcessLookupError:
+        pass
+    assert proc.wait(timeout=60) == EXIT_INTERRUPTED
+    log = (tmp_path / "run.log").read_text()
+    assert "Traceback" not in log and "Aborted!" not in log, log
+    assert f"finish with: bayesim-hpc resume {rdir}" in log.splitlines()[-1], log
+    out = cli("resume", str(rdir), check_rc=EXIT_INCOMPLETE)
+    assert "79 succeeded, 1 failed, 0 missing" in out.stderr

@@ -18,7 +18,23 @@ from ..manifest import Manifest, set_shard
 from ..resultdir import ResultDir
 from ..storage import shard_dir
 
-__all__ = ["RunContext", "RunOutcome", "Executor", "ProgressLine", "default_shard_size"]
+__all__ = ["RunContext", "RunOutcome", "Executor", "ProgressLine", "default_shard_size", "format_duration"]
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as ``H:MM:SS``, with days when longer (never wrapping at 24 h).
+
+    >>> format_duration(3725), format_duration(86400 + 53904)
+    ('1:02:05', '1 day 14:58:24')
+    """
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        return "?"
+    total = int(round(max(0.0, seconds)))
+    days, rest = divmod(total, 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    clock = f"{h}:{m:02d}:{s:02d}"
+    return f"{days} day{'s' if days != 1 else ''} {clock}" if days else clock
 
 
 def default_shard_size(n_tasks: int, parallelism: int) -> int:
@@ -53,7 +69,7 @@ class ProgressLine:
         width = 30
         filled = int(width * done / max(1, self.total))
         bar = "#" * filled + "-" * (width - filled)
-        eta_s = "?" if eta != eta else time.strftime("%H:%M:%S", time.gmtime(eta))
+        eta_s = format_duration(eta)
         text = f"[{bar}] {done}/{self.total} tasks, {failed} failed, {rate:.1f}/s, ETA {eta_s}"
         if self.tty:
             self.stream.write("\r" + text)
@@ -113,6 +129,7 @@ class RunOutcome:
     detached: bool = False
     dry_run: bool = False
     n_failed_tasks: int = 0
+    storage_error: str | None = None  # a worker could not write its results (disk full): why
 
 
 class Executor(Protocol):

@@ -24,6 +24,11 @@ class InlineExecutor:
             attempt = ctx.next_attempt(sid)
             ctx.mark(sid, state="RUNNING", attempts=attempt, job_id=f"inline-{ctx.run_id}", started=time.time())
             res = run_shard(ctx.rd.path, sid, attempt, ctx.retry_failed, emit=ctx.emit, study=ctx.study)
+            if res.storage_error:
+                ctx.mark(sid, state="FAILED", reason=res.storage_error[:200])
+                out.storage_error = res.storage_error
+                out.unfinished[sid] = res.storage_error
+                break
             failed += res.n_failed
             done += res.n_run
             ctx.progress.update(done, failed)

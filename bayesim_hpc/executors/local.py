@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import IO
 
-from ..worker import EXIT_BUDGET, EXIT_DONE, EXIT_STOPPED
+from ..worker import EXIT_BUDGET, EXIT_DONE, EXIT_STOPPED, EXIT_STORAGE
 from .base import RunContext, RunOutcome
 
 __all__ = ["LocalExecutor", "worker_env"]
@@ -120,6 +120,8 @@ class LocalExecutor:
                     log.flush()
                 except ValueError:  # closed by the main thread between shards; keep draining the pipe
                     pass
+                except OSError:  # disk full: the line still reaches the driver; keep draining the pipe
+                    pass
             line = line.rstrip("\n")
             kind = "done" if line.startswith('{"shard_done"') else "line"
             self._events.put((kind, proc, line))
@@ -163,6 +165,12 @@ class LocalExecutor:
         if rc == EXIT_DONE and slot.signalled is None:
             out.completed.append(slot.shard_id)
             return {"state": "COMPLETED", "reason": "", "exit_code": rc}
+        if rc == EXIT_STORAGE:  # disk full: another attempt would fail the same way
+            out.storage_error = out.storage_error or (
+                f"a worker could not write its results to {ctx.rd.path} (no space left?); see "
+                f"logs/s{slot.shard_id:05d}.a{slot.attempt:03d}.log")
+            out.unfinished[slot.shard_id] = "could not write results (no space left?)"
+            return {"state": "FAILED", "reason": "could not write results (no space left?)", "exit_code": rc}
         if rc == EXIT_BUDGET:
             out.budget_exceeded = True
             out.unfinished[slot.shard_id] = "error budget exceeded"
@@ -199,7 +207,7 @@ class LocalExecutor:
 
         try:
             while pending or running():
-                while pending and len(running()) < self.parallelism and not out.budget_exceeded:
+                while pending and len(running()) < self.parallelism and not (out.budget_exceeded or out.storage_error):
                     self._assign(ctx, procs, pending.popleft())
                 changes: dict[int, dict] = {}
                 while True:  # worker output and shard completions
@@ -237,14 +245,15 @@ class LocalExecutor:
                 ctx.mark_many(changes)
                 if ctx.study.max_errors is not None and failed > ctx.study.max_errors:
                     out.budget_exceeded = True
-                if out.budget_exceeded and (running() or pending):
+                if (out.budget_exceeded or out.storage_error) and (running() or pending):
                     for slot in running():
                         if slot.signalled is None:
                             self._signal(slot, signal.SIGTERM, "CANCELLED")
                             slot.requeue = False
                             slot.kill_at = now + self.kill_wait
                     for sid in pending:
-                        out.unfinished[sid] = "not started: error budget exceeded"
+                        out.unfinished[sid] = ("not started: error budget exceeded" if out.budget_exceeded
+                                               else "not started: results cannot be written")
                     pending.clear()
                 live = 0
                 for slot in running():

@@ -26,7 +26,29 @@ __all__ = ["FitResult", "Fitter", "DIAGNOSTIC_COLUMNS"]
 DIAGNOSTIC_COLUMNS = ("rhat_max", "ess_bulk", "ess_tail", "divergent", "max_treedepth")
 
 
-@dataclass
+class _BuiltOnRead:
+    """``FitResult.fit``: a lazy fit object (one whose type sets ``lazy_fit = True`` and has
+    ``materialize()``) is built the first time the attribute is read, so metrics, ArviZ
+    and the ``fit`` retention get the real object while a study that never reads it pays
+    nothing."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return None  # the dataclass default
+        value = obj.__dict__.get(self.name)
+        if getattr(type(value), "lazy_fit", False):
+            value = value.materialize()
+            obj.__dict__[self.name] = value
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = value
+
+
+@dataclass(repr=False)
 class FitResult:
     """The outcome of one fit.
 
@@ -35,7 +57,8 @@ class FitResult:
         ``ess_bulk``/``ess_tail`` are minima over the variables of interest.
     predictions: optional name -> array (e.g. posterior predictive mean on test data).
     warnings: messages the sampler or model raised, one string each.
-    fit: optional raw fit object (stored only with retention ``fit``; pickled).
+    fit: optional raw fit object (stored only with retention ``fit``; pickled). A lazy one
+        (``PyMCFitter``'s :class:`LazyInferenceData`) is built on first read of ``.fit``.
     timing: seconds, e.g. {"sampling": 0.05}.
     """
 
@@ -43,7 +66,7 @@ class FitResult:
     diagnostics: dict[str, float] = field(default_factory=dict)
     predictions: dict[str, np.ndarray] | None = None
     warnings: list[str] = field(default_factory=list)
-    fit: Any = None
+    fit: Any = _BuiltOnRead()
     timing: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -57,6 +80,11 @@ class FitResult:
                 )
             draws[str(name)] = a
         self.draws = draws
+
+    def __repr__(self) -> str:  # does not build a lazy fit object
+        fit = self.__dict__.get("fit")
+        return (f"FitResult(draws={ {k: v.shape for k, v in self.draws.items()} }, diagnostics={self.diagnostics}, "
+                f"warnings={self.warnings}, fit={type(fit).__name__ if fit is not None else None})")
 
     def flat(self, name: str) -> np.ndarray:
         """All draws of a scalar variable, chains concatenated."""
