@@ -52,7 +52,7 @@ import h5py
 import numpy as np
 
 from .errors import BayesimError
-from .task import TaskRecord
+from .records import TaskRecord
 
 __all__ = [
     "SegmentError",

@@ -15,7 +15,6 @@ import math
 import time
 import traceback
 import warnings as pywarnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,28 +25,12 @@ from .errors import TaskError
 from .fitters.base import DIAGNOSTIC_COLUMNS, FitResult
 from .grid import TaskRef
 from .metrics import metric_columns
+from .records import TaskRecord
 from .seeding import data_rng, data_seed_sequence, fit_seed_sequence, int_seed
 
 __all__ = ["TaskRecord", "run_task", "task_context"]
 
 _TRACEBACK_TAIL = 4000  # characters of traceback kept for a failed task
-
-
-@dataclass
-class TaskRecord:
-    """One task's outcome as it is stored: scalar columns plus retained artifacts."""
-
-    index: int
-    task_id: str
-    status: str
-    attempt: int
-    columns: dict[str, float] = field(default_factory=dict)
-    error_type: str = ""
-    error_message: str = ""
-    error_stage: str = ""
-    error_traceback: str = ""
-    warnings: list[str] = field(default_factory=list)
-    artifacts: dict[str, Any] = field(default_factory=dict)
 
 
 def task_context(study: Study, ref: TaskRef, attempt: int = 1, shard_id: int = -1) -> TaskContext:

@@ -104,7 +104,7 @@ def test_signature_of_nested_named_variables_covers_deterministics():
 
 # --------------------------------------------------------------------------- slow: real fits
 
-COLS = ["task_id", "status", "bias__by_param__slope", "bias__by_param__intercept"]
+COLS = ["task_id", "status", "bias__slope", "bias__intercept"]
 
 
 def _replay(result_dir, task_id):
@@ -133,7 +133,7 @@ def test_scaled_prior_inline_every_task_matches_replay(inline_run):
     out, summary, messages = inline_run
     assert (summary["status"] == "success").all()
     # the second data row was fitted with its own scale: slope near 3000, not near 30
-    assert summary["bias__by_param__slope"].abs().max() < 300
+    assert summary["bias__slope"].abs().max() < 300
     for task_id in summary["task_id"]:
         assert "matches the stored result: yes" in _replay(out, task_id), task_id
     said = [m for m in messages if "only in the value of" in m]
