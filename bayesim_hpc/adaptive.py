@@ -1,6 +1,7 @@
 """Adaptive replicates: add replicates where the Monte Carlo standard error misses a target.
 
-``run_adaptive(config, target_mcse={"coverage": 0.01, "bias": 0.02}, max_replicates=2000)``
+``run_adaptive(config, target_mcse={"coverage": 0.01, "bias": 0.02}, max_replicates=2000)`` (in
+:mod:`bayesim_hpc.runner`, the driver)
 runs the study, then works in rounds: it reads each cell's MCSEs from ``cells.csv``, and a
 cell that misses a target gets replicates: ``1.1 n (mcse / target)^2`` (MCSE shrinks as
 ``1/sqrt(n)``; 10 % headroom saves rounds), at most ``max_growth`` times what it has and never over ``max_replicates``.
@@ -32,20 +33,17 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .config import Study
 from .errors import ConfigError
 from .extend import Extension
 from .grid import space_from_raw
-from .locking import DirLock
 from .resultdir import ResultDir
-from .results import SimulationResult
 
-__all__ = ["n_replicates_for", "run_adaptive", "cell_distances", "CellDistance", "check_targets"]
+__all__ = ["n_replicates_for", "cell_distances", "CellDistance", "check_targets", "adaptive_notes", "grow_cells"]
 
 
 def n_replicates_for(target_mcse: float, measure: str, *, expected: float | None = None,
@@ -143,75 +141,32 @@ def cell_distances(raw: dict[str, Any], cells: pd.DataFrame, target_mcse: dict[s
     return out
 
 
-def run_adaptive(config: Study, executor: str | Any = "inline", *, target_mcse: dict[str, float],
-                 max_replicates: int, max_rounds: int = 20, max_growth: float = 4.0,
-                 emit: Callable[[str], None] | None = None, **run_options: Any) -> SimulationResult:
-    """Run ``config``, then add replicates in rounds until every cell meets ``target_mcse``
-    or has ``max_replicates``; see the module docstring. ``run_options`` go to ``run_simulation``."""
-    from .runner import _stderr, resume_simulation, run_simulation
-
-    targets = check_targets(target_mcse, max_replicates)
-    if config.n_replicates > max_replicates:
-        raise ConfigError("max_replicates", max_replicates, f"is below n_replicates={config.n_replicates}",
-                          "start with fewer replicates or raise the cap")
-    if config.result_path is None:
-        raise ConfigError("result_path", None, "is needed for adaptive rounds", "give result_path=...")
-    if run_options.get("detach") or run_options.get("dry_run"):
-        raise ConfigError("detach" if run_options.get("detach") else "dry_run", True,
-                          "leaves no results to measure between rounds", "run adaptive rounds with the driver attached")
-    emit = emit or _stderr
-    result = run_simulation(config, executor, emit=emit, **run_options)
-    rd = ResultDir(config.result_path)
-    _record(rd, targets, max_replicates)
-    for round_no in range(1, max_rounds + 1):
-        raw = rd.read_frozen().raw
-        dist = cell_distances(raw, pd.read_csv(rd.cells), targets, max_replicates, max_growth)
-        grow = {c.cell: c.wanted for c in dist if not c.met and c.wanted > c.replicates}
-        if not grow:
-            met = sum(c.met for c in dist)
-            emit(f"bayesim-hpc adaptive: {met} of {len(dist)} cell(s) meet the targets"
-                 + (f"; {len(dist) - met} at the cap of {max_replicates} replicates" if met < len(dist) else ""))
-            break
-        _add_replicates(rd, grow, round_no, dist)
-        emit(f"bayesim-hpc adaptive round {round_no}: more replicates for {len(grow)} cell(s): "
-             + ", ".join(f"{k} -> {v}" for k, v in list(grow.items())[:6]) + (" ..." if len(grow) > 6 else ""))
-        opts = {k: v for k, v in run_options.items() if k not in ("resume", "force", "shard_size")}
-        opts.setdefault("retry_failed", False)  # a round runs its new tasks; `resume` retries failures
-        result = resume_simulation(rd.path, executor, emit=emit, **opts)
-    return result
+def grow_cells(rd: ResultDir, grow: dict[str, int], round_no: int, dist: list[CellDistance], shard_size: int) -> None:
+    """Freeze one adaptive round: the cells named in ``grow`` get that many replicates (new blocks,
+    new shards, a history entry). The caller holds the driver lock."""
+    raw = rd.read_frozen().raw
+    study = rd.load_study()
+    space = space_from_raw(raw)
+    want = {}
+    for k, (d, f) in enumerate(space.cells.tolist()):
+        label = space.format_id(d, f, 0).rsplit("_", 1)[0]
+        if label in grow and not space.hidden[k]:
+            want[(d, f)] = grow[label]
+    new_space = space.extend(want, space.n_data, space.n_fit)
+    merged = dataclasses.replace(study, layout=new_space.to_layout(), frozen_in=None)
+    worst = max(dist, key=lambda c: c.ratio)
+    what = [f"adaptive round {round_no}: {new_space.n_tasks - space.n_tasks} new task(s) in {len(want)} cell(s) "
+            f"(worst before: {worst.cell} {worst.worst_measure} at {worst.ratio:.2f} x target)"]
+    rd.apply_extension(Extension(merged, new_space, what), shard_size)
 
 
-def _record(rd: ResultDir, targets: dict[str, float], cap: int) -> None:
+def record_targets(rd: ResultDir, targets: dict[str, float], cap: int) -> None:
+    """Keep the targets in study.json, so ``status`` can show each cell's distance to them."""
     from .storage import atomic_write_text
 
     raw = json.loads(rd.study_json.read_text())
     raw["adaptive"] = {"target_mcse": targets, "max_replicates": cap}
     atomic_write_text(rd.study_json, json.dumps(raw, indent=1, default=str))
-
-
-def _add_replicates(rd: ResultDir, grow: dict[str, int], round_no: int, dist: list[CellDistance]) -> None:
-    from .executors.base import default_shard_size
-
-    lock = DirLock(rd.driver_lock, purpose="driver")
-    lock.acquire()
-    try:
-        raw = rd.read_frozen().raw
-        study = rd.load_study()
-        space = space_from_raw(raw)
-        want = {}
-        for k, (d, f) in enumerate(space.cells.tolist()):
-            label = space.format_id(d, f, 0).rsplit("_", 1)[0]
-            if label in grow and not space.hidden[k]:
-                want[(d, f)] = grow[label]
-        new_space = space.extend(want, space.n_data, space.n_fit)
-        merged = dataclasses.replace(study, layout=new_space.to_layout(), frozen_in=None)
-        worst = max(dist, key=lambda c: c.ratio)
-        what = [f"adaptive round {round_no}: {new_space.n_tasks - space.n_tasks} new task(s) in {len(want)} cell(s) "
-                f"(worst before: {worst.cell} {worst.worst_measure} at {worst.ratio:.2f} x target)"]
-        size = study.shard_size or int(raw.get("shard_size") or default_shard_size(new_space.n_tasks - space.n_tasks, 1))
-        rd.apply_extension(Extension(merged, new_space, what), size)
-    finally:
-        lock.release()
 
 
 def adaptive_notes(raw: dict[str, Any], cells_path: Path, max_rows: int = 10) -> list[str]:

@@ -188,7 +188,7 @@ def run(study_file, result_dir, executor, workers, profile, partition, time_, me
         return
     opts = _executor_options(executor, profile, partition, time_, mem, dry_run, detach)
     if target_mcse or max_replicates is not None:
-        from .adaptive import run_adaptive
+        from .runner import run_adaptive
 
         if not (target_mcse and max_replicates):
             raise click.UsageError("adaptive replicates need both --target-mcse MEASURE=MCSE and --max-replicates N")

@@ -40,7 +40,7 @@ from .resultdir import ResultDir, check_trusted, runtime_settings
 from .results import SimulationResult
 from .storage import StorageFullError
 
-__all__ = ["run_simulation", "resume_simulation", "prepare_result_dir", "missing_shards"]
+__all__ = ["run_simulation", "resume_simulation", "run_adaptive", "prepare_result_dir", "missing_shards"]
 
 
 def _stderr(line: str) -> None:
@@ -498,3 +498,58 @@ def resume_simulation(path: str | Path, executor: str | Any | None = None, **kwa
         executor = runs[-1]["executor"] if runs else "inline"
     kwargs.setdefault("resume", "must")
     return run_simulation(study, executor, **kwargs)
+
+
+def run_adaptive(config: Study, executor: str | Any = "inline", *, target_mcse: dict[str, float],
+                 max_replicates: int, max_rounds: int = 20, max_growth: float = 4.0,
+                 emit: Callable[[str], None] | None = None, **run_options: Any) -> SimulationResult:
+    """Run ``config``, then add replicates in rounds until every cell meets ``target_mcse``
+    (per-cell MCSE, e.g. ``{"coverage": 0.01, "bias": 0.02}``) or has ``max_replicates``.
+
+    See :mod:`bayesim_hpc.adaptive` and docs/growing-a-study.md. ``run_options`` go to
+    :func:`run_simulation`. Each round is an extension of the frozen study, so a driver killed
+    in a round is finished by ``resume`` and the same call again goes on from there.
+
+    Example:
+        >>> result = run_adaptive(config, "local", target_mcse={"coverage": 0.01}, max_replicates=2000)  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    from .adaptive import cell_distances, check_targets, grow_cells, record_targets
+
+    targets = check_targets(target_mcse, max_replicates)
+    if config.n_replicates > max_replicates:
+        raise ConfigError("max_replicates", max_replicates, f"is below n_replicates={config.n_replicates}",
+                          "start with fewer replicates or raise the cap")
+    if config.result_path is None:
+        raise ConfigError("result_path", None, "is needed for adaptive rounds", "give result_path=...")
+    if run_options.get("detach") or run_options.get("dry_run"):
+        raise ConfigError("detach" if run_options.get("detach") else "dry_run", True,
+                          "leaves no results to measure between rounds", "run adaptive rounds with the driver attached")
+    emit = emit or _stderr
+    result = run_simulation(config, executor, emit=emit, **run_options)
+    rd = ResultDir(config.result_path)
+    record_targets(rd, targets, max_replicates)
+    for round_no in range(1, max_rounds + 1):
+        raw = rd.read_frozen().raw
+        dist = cell_distances(raw, pd.read_csv(rd.cells), targets, max_replicates, max_growth)
+        grow = {c.cell: c.wanted for c in dist if not c.met and c.wanted > c.replicates}
+        if not grow:
+            met = sum(c.met for c in dist)
+            emit(f"bayesim-hpc adaptive: {met} of {len(dist)} cell(s) meet the targets"
+                 + (f"; {len(dist) - met} at the cap of {max_replicates} replicates" if met < len(dist) else ""))
+            break
+        lock = DirLock(rd.driver_lock, purpose="driver")
+        lock.acquire()
+        try:
+            n_new = sum(v - c.replicates for c in dist for k, v in grow.items() if k == c.cell)
+            size = config.shard_size or int(raw.get("shard_size") or default_shard_size(n_new, 1))
+            grow_cells(rd, grow, round_no, dist, size)
+        finally:
+            lock.release()
+        emit(f"bayesim-hpc adaptive round {round_no}: more replicates for {len(grow)} cell(s): "
+             + ", ".join(f"{k} -> {v}" for k, v in list(grow.items())[:6]) + (" ..." if len(grow) > 6 else ""))
+        opts = {k: v for k, v in run_options.items() if k not in ("resume", "force", "shard_size")}
+        opts.setdefault("retry_failed", False)  # a round runs its new tasks; `resume` retries failures
+        result = resume_simulation(rd.path, executor, emit=emit, **opts)
+    return result
