@@ -18,6 +18,7 @@ _WHERE = {
     "run_simulation": "runner", "resume_simulation": "runner",
     "load_results": "results", "SimulationResult": "results",
     "reduce_results": "reduce",
+    "run_adaptive": "runner", "n_replicates_for": "adaptive", "remetric": "recompute",
     "SimData": "data", "TaskContext": "data",
     "FitResult": "fitters.base", "Fitter": "fitters.base",
     "MockFitter": "fitters.mock", "ConjugateLinearFitter": "fitters.conjugate", "PyMCFitter": "fitters.pymc",

@@ -6,6 +6,7 @@
     bayesim-hpc status results/lin
     bayesim-hpc resume results/lin
     bayesim-hpc report results/lin
+    bayesim-hpc remetric results/lin [study.py]   # metrics again, from retained draws
     bayesim-hpc export results/lin --format parquet --output results/lin/export
 
 Exit codes: 0 done; 1 error; 2 usage error; 3 the study is not complete (tasks missing or
@@ -172,10 +173,18 @@ def _slurm_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--shard-size", type=int, default=None, help="Tasks per shard at the first run.")
 @click.option("--progress/--no-progress", default=None, help="Progress line (default: on a terminal).")
 @_keep_going_opt
+@click.option("--target-mcse", "target_mcse", multiple=True, metavar="MEASURE=MCSE",
+              help="Adaptive replicates: add replicates in rounds until each cell's MCSE of MEASURE (a cells.csv "
+                   "measure or its prefix, e.g. coverage=0.01, bias__slope=0.02) is at most MCSE. Repeatable.")
+@click.option("--max-replicates", type=int, default=None, help="Cap of replicates per cell for --target-mcse.")
 @handle_errors
 def run(study_file, result_dir, executor, workers, profile, partition, time_, mem, detach, plan, target_minutes,
-        task_seconds, dry_run, force, shard_size, progress, keep_going) -> None:
-    """Run the study defined in STUDY_FILE (it defines `config = simulation_config(...)`)."""
+        task_seconds, dry_run, force, shard_size, progress, keep_going, target_mcse, max_replicates) -> None:
+    """Run the study defined in STUDY_FILE (it defines `config = simulation_config(...)`).
+
+    On an existing result directory the study may have grown (more replicates, new grid rows,
+    new metrics): only the new tasks run. See docs/growing-a-study.md.
+    """
     from .runner import run_simulation
 
     config = load_study_file(study_file)
@@ -189,6 +198,23 @@ def run(study_file, result_dir, executor, workers, profile, partition, time_, me
         return
     opts = _executor_options(executor, profile, partition, time_, mem, dry_run, detach, plan, target_minutes,
                              task_seconds)
+    if target_mcse or max_replicates is not None:
+        from .runner import run_adaptive
+
+        if not (target_mcse and max_replicates):
+            raise click.UsageError("adaptive replicates need both --target-mcse MEASURE=MCSE and --max-replicates N")
+        if detach or dry_run:
+            raise click.UsageError("--target-mcse runs rounds and needs the driver: not with --detach or --dry-run")
+        targets = {}
+        for item in target_mcse:
+            key, _, val = item.partition("=")
+            try:
+                targets[key.strip()] = float(val)
+            except ValueError:
+                raise click.UsageError(f"--target-mcse {item!r}: write MEASURE=MCSE, e.g. coverage=0.01") from None
+        result = run_adaptive(config, executor, target_mcse=targets, max_replicates=max_replicates, workers=workers,
+                              force=force, shard_size=shard_size, progress=progress, keep_going=keep_going, **opts)
+        sys.exit(_finish_code(result))
     result = run_simulation(config, executor, workers=workers, force=force, shard_size=shard_size, progress=progress,
                             keep_going=keep_going, **opts)
     sys.exit(_finish_code(result))
@@ -291,6 +317,25 @@ def reduce(result_dir) -> None:
                f"from {out.n_segments} segments in {out.seconds:.2f} s -> {out.path}")
     for seg, why in out.corrupt:
         click.echo(f"damaged segment skipped: {seg}: {why}", err=True)
+    sys.exit(EXIT_OK if not (out.n_missing or out.n_failed) else EXIT_INCOMPLETE)
+
+
+@main.command()
+@click.argument("result_dir", type=click.Path(file_okay=False))
+@click.argument("study_file", type=click.Path(dir_okay=False), required=False)
+@handle_errors
+def remetric(result_dir, study_file) -> None:
+    """Recompute metrics from retained draws (no refitting) and reduce again.
+
+    With STUDY_FILE, its metrics replace the frozen ones (new metrics, a changed definition or
+    probability level); everything else in it must be the frozen study.
+    """
+    from .recompute import remetric as do_remetric
+
+    study = load_study_file(study_file) if study_file else None
+    out = do_remetric(result_dir, study)
+    click.echo(f"{out.n_success} succeeded, {out.n_failed} failed, {out.n_missing} missing of {out.n_tasks} tasks "
+               f"-> {out.path}")
     sys.exit(EXIT_OK if not (out.n_missing or out.n_failed) else EXIT_INCOMPLETE)
 
 

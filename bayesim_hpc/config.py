@@ -63,9 +63,13 @@ class Study:
     study_file: str | None = field(default=None, compare=False)
     #: the result directory this study was read back from (``ResultDir.load_study``), else None
     frozen_in: str | None = field(default=None, compare=False, repr=False)
+    #: the frozen task layout of a study that grew (``study.json`` "layout"), else None
+    layout: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @cached_property
     def space(self) -> TaskSpace:
+        if self.layout is not None:
+            return TaskSpace.from_layout(self.layout)
         return TaskSpace.from_grids(self.data_grid, self.fit_grid, self.n_replicates, self.task_grid)
 
     @property
@@ -109,7 +113,7 @@ class Study:
 
     def replace(self, **changes: Any) -> "Study":
         """A copy with some fields changed, validated again."""
-        current = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "frozen_in"}
+        current = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("frozen_in", "layout")}
         current["retain"] = list(current["retain"])
         current["metrics"] = list(current["metrics"])
         current.update(changes)

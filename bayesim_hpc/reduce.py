@@ -30,6 +30,7 @@ import pandas as pd
 
 from .aggregate import cell_measures
 from .errors import BayesimError
+from .grid import space_from_raw
 from .resultdir import ResultDir
 from .storage import (STR_COLS, CorruptSegment, ForeignSegment, SegmentReadError, StorageFullError, _write_failed,
                       fsync_path, iter_segment_paths, read_rows, stamp_of_dir, study_stamp, temp_name)
@@ -153,7 +154,8 @@ def reduce_results(result_dir: str | Path, cell_block_rows: int = 5_000) -> Redu
     rd = ResultDir(result_dir)
     frozen = rd.read_frozen()
     raw = frozen.raw
-    n, n_rep = frozen.n_tasks, int(raw["n_replicates"])
+    n = frozen.n_tasks
+    space = space_from_raw(raw)
     win = select_winners(rd, n, stamp=study_stamp(raw))
     if win.unreadable:
         seg, why = win.unreadable[0]
@@ -161,14 +163,20 @@ def reduce_results(result_dir: str | Path, cell_block_rows: int = 5_000) -> Redu
             f"could not read {len(win.unreadable)} segment(s) of {rd.path}, e.g. {why}. A summary now would miss "
             f"their rows; nothing was changed. Retry when the storage answers: bayesim-hpc reduce {rd.path}")
     segments, corrupt = win.segments, win.corrupt
-    present = np.flatnonzero(win.seg_of >= 0)
+    active = space.active_mask()  # tasks of hidden cells (rows the study dropped) are left out
+    n_active = int(np.count_nonzero(active))
+    present = np.flatnonzero((win.seg_of >= 0) & active)
+    cells, reps = space.cell_and_rep(present)
+    # summary order: (data row, fit row, replicate); for a study that never grew, index order
+    order = np.lexsort((reps, space.cells[cells, 1], space.cells[cells, 0]))
+    present, cells, reps = present[order], cells[order], reps[order]
     pos = np.full(n, -1, dtype=np.int64)
     pos[present] = np.arange(present.size)
     n_rows = int(present.size)
     # --- pass 2: write rows into their sorted positions ------------------------------------
     tmp = temp_name(rd.summary)
     try:
-        n_success = _write_summary(tmp, rd, raw, win, n, n_rep, present, pos, n_rows)
+        n_success = _write_summary(tmp, rd, raw, win, n, n_active, space.cells, cells, reps, present, pos, n_rows)
         fsync_path(tmp)
         os.replace(tmp, rd.summary)
     except BaseException as exc:  # no temp file outlives a failed reducer (disk full, I/O error, Ctrl-C)
@@ -178,23 +186,22 @@ def reduce_results(result_dir: str | Path, cell_block_rows: int = 5_000) -> Redu
         raise
     fsync_path(rd.path)
     _write_cells(rd, raw, cell_block_rows)
-    return ReduceOutcome(rd.summary, n, n_success, n_rows - n_success, n - n_rows, len(segments), corrupt,
-                         time.perf_counter() - t0, win.foreign)
+    return ReduceOutcome(rd.summary, n_active, n_success, n_rows - n_success, n_active - n_rows, len(segments),
+                         corrupt, time.perf_counter() - t0, win.foreign)
 
 
-def _write_summary(tmp: Path, rd: ResultDir, raw: dict[str, Any], win: Winners, n: int, n_rep: int,
+def _write_summary(tmp: Path, rd: ResultDir, raw: dict[str, Any], win: Winners, n: int, n_active: int,
+                   grid_cells: np.ndarray, cells: np.ndarray, reps: np.ndarray,
                    present: np.ndarray, pos: np.ndarray, n_rows: int) -> int:
     segments, corrupt, numeric = win.segments, win.corrupt, win.colnames
     n_success = 0
     with h5py.File(tmp, "w", locking=False) as f:
         f.create_dataset("index", data=present)
-        grid_cells = _cells_array(raw)
-        cells = present // n_rep
         for name in ("rep_idx", "data_idx", "fit_idx"):
             f.create_dataset(name, shape=(n_rows,), dtype=np.int64)
         for a in range(0, n_rows, 50_000):  # in blocks: no further whole-study temporaries
             c = cells[a:a + 50_000]
-            f["rep_idx"][a:a + c.size] = present[a:a + 50_000] % n_rep + 1
+            f["rep_idx"][a:a + c.size] = reps[a:a + 50_000] + 1
             f["data_idx"][a:a + c.size] = grid_cells[c, 0] + 1
             f["fit_idx"][a:a + c.size] = grid_cells[c, 1] + 1
         str_cols = list(STR_COLS) + ["segment"]
@@ -206,10 +213,13 @@ def _write_summary(tmp: Path, rd: ResultDir, raw: dict[str, Any], win: Winners, 
         col_of = {c: j for j, c in enumerate(numeric)}
         for k, path in enumerate(segments):
             wins, r = win.rows_won(k)
+            p = pos[wins]
+            keep = np.flatnonzero(p >= 0)  # rows of hidden cells are not written
+            keep = keep[np.argsort(p[keep], kind="stable")]  # h5py writes need increasing positions
+            wins, r, p = wins[keep], r[keep], p[keep]
             if wins.size == 0:
                 continue
             rows = read_rows(path)
-            p = pos[wins]  # increasing, because wins is sorted by task index
             rel = str(path.relative_to(rd.path))
             block = np.empty((p.size, len(str_cols)), dtype=object)
             for j, c in enumerate(STR_COLS):
@@ -226,21 +236,12 @@ def _write_summary(tmp: Path, rd: ResultDir, raw: dict[str, Any], win: Winners, 
             n_success += int(np.count_nonzero(block[:, 1] == "success"))
         _write_grid_columns(f, raw, grid_cells, cells)
         f.attrs.update(
-            n_tasks=n, n_rows=n_rows, n_success=n_success, n_failed=n_rows - n_success,
-            n_missing=n - n_rows, n_segments=len(segments), created=time.time(),
+            n_tasks=n_active, n_rows=n_rows, n_success=n_success, n_failed=n_rows - n_success,
+            n_missing=n_active - n_rows, n_hidden=n - n_active, n_segments=len(segments), created=time.time(),
             corrupt=json.dumps(corrupt), foreign=json.dumps(win.foreign),
             column_order=json.dumps(_column_order(raw, numeric)),
         )
     return n_success
-
-
-def _cells_array(raw: dict[str, Any]) -> np.ndarray:
-    nd, nf = int(raw["n_data"]), int(raw["n_fit"])
-    if raw.get("task_grid"):
-        tg = raw["task_grid"]
-        cells = np.column_stack([np.asarray(tg["data_idx"]) - 1, np.asarray(tg["fit_idx"]) - 1])
-        return cells[np.lexsort((cells[:, 1], cells[:, 0]))]
-    return np.stack(np.meshgrid(np.arange(nd), np.arange(nf), indexing="ij"), axis=-1).reshape(-1, 2).astype(np.int64)
 
 
 def _write_grid_columns(f: h5py.File, raw: dict[str, Any], grid_cells: np.ndarray, cells: np.ndarray,
@@ -302,13 +303,11 @@ def summary_is_current(rd: ResultDir) -> bool:
 
 def _write_cells(rd: ResultDir, raw: dict[str, Any], block_rows: int) -> None:
     kinds = raw["metric_kinds"]
-    n_rep = int(raw["n_replicates"])
-    with h5py.File(rd.summary, "r", locking=False) as f:
-        index = f["index"][...]
-    cell_of = index // n_rep
-    bounds = np.flatnonzero(np.diff(cell_of)) + 1
-    starts = np.concatenate([[0], bounds]).astype(int) if index.size else np.array([], dtype=int)
-    stops = np.concatenate([bounds, [index.size]]).astype(int) if index.size else np.array([], dtype=int)
+    with h5py.File(rd.summary, "r", locking=False) as f:  # rows are grouped by cell (summary order)
+        d_idx, f_idx = f["data_idx"][...], f["fit_idx"][...]
+    bounds = np.flatnonzero((np.diff(d_idx) != 0) | (np.diff(f_idx) != 0)) + 1
+    starts = np.concatenate([[0], bounds]).astype(int) if d_idx.size else np.array([], dtype=int)
+    stops = np.concatenate([bounds, [d_idx.size]]).astype(int) if d_idx.size else np.array([], dtype=int)
     skip = {"task_id", "error_type", "error_stage", "error_message", "error_traceback", "segment", "attempt", "index", "rep_idx"}
     with h5py.File(rd.summary, "r", locking=False) as f:
         wanted = [c for c in json.loads(f.attrs["column_order"]) if c not in skip]

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .history import lifecycle_notes
 from .names import LEGACY_AGGREGATES, nominal_level, split_column
 from .report_plots import cell_label, ecdf_figure, histogram_figure, nested_loop_figure, records, zip_figure
 from .results import load_results
@@ -275,6 +276,11 @@ def build_report(path: str | Path, out: str | Path | None = None) -> Path:
         sections.append((f"sbc_{metric}", f"Are posteriors calibrated (SBC, {metric})?", body))
     # --- failures ------------------------------------------------------------------------
     sections.append(("failures", "What failed or warned?", _failures(summary, res.path) + _warnings(res, summary)))
+
+    history = lifecycle_notes(raw)
+    if history:  # what was added to the study, and when (docs/growing-a-study.md)
+        sections.append(("history", "History",
+                         "<ul>" + "".join(f"<li>{html.escape(h)}</li>" for h in history) + "</ul>"))
 
     n_ok = int((summary["status"] == "success").sum())
     grids = "; ".join(f"{k}: {', '.join(map(str, dict.fromkeys(v)))}" for k, v in raw.get("data_grid", {}).items())

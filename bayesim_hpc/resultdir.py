@@ -3,8 +3,10 @@
 ::
 
     <result_path>/
-      study.json    frozen study: grids, seeds, retention, shard plan, fingerprint, versions
+      study.json    frozen study: grids, seeds, retention, task layout (blocks, id widths), shard
+                    plan, fingerprint, code text, history, runtime settings, versions
       study.pkl     the study's code (cloudpickle), so workers and ``resume DIR`` can run it
+                    (``.study.pkl.next`` while a grown study is frozen: ResultDir.apply_extension)
       manifest.json shard states, attempts, job ids, reasons (under manifest.lock)
       driver.lock   held by the one driver at a time
       shards/       per-shard HDF5 segments: the durable truth
@@ -42,7 +44,7 @@ import pandas as pd
 from .config import Study
 from .errors import BayesimError, ConfigError, StudyChangedError
 from .fingerprint import CODE_PARTS, code_descriptions, code_diff, fingerprint_parts, legacy_fingerprint_parts
-from .grid import Shard, TaskSpace, plan_shards
+from .grid import Shard, TaskSpace, plan_shards, space_from_raw
 from .storage import _write_failed, atomic_write_text, fsync_path, temp_name
 
 __all__ = ["ResultDir", "FrozenStudy", "package_versions", "UntrustedResultDir", "check_trusted",
@@ -175,7 +177,9 @@ class FrozenStudy:
 
     @cached_property
     def space(self) -> TaskSpace:
-        """The task space, rebuilt from the grids in study.json (no study code is loaded)."""
+        """The task space, from the layout in study.json (older files: the grids); no study code is loaded."""
+        if self.raw.get("layout"):
+            return space_from_raw(self.raw)
         tg = self.raw.get("task_grid")
         return TaskSpace.from_grids(pd.DataFrame(self.raw["data_grid"]), pd.DataFrame(self.raw["fit_grid"]),
                                     int(self.raw["n_replicates"]), None if not tg else pd.DataFrame(tg))
@@ -201,9 +205,15 @@ class FrozenStudy:
 
 
 def runtime_settings(study: Study, keep_going: bool = False) -> dict[str, Any]:
-    """The settings a run may change without changing the study (workers read them from study.json)."""
+    """The settings a run may change without changing the study (workers read them from study.json).
+
+    ``retain`` is recorded here too, but a retention change also rewrites the frozen study
+    (it applies to the tasks run from then on; the history says when it changed).
+    """
     return {"max_errors": study.max_errors,
-            "stop_on_systematic_failure": None if keep_going else study.stop_on_systematic_failure}
+            "stop_on_systematic_failure": None if keep_going else study.stop_on_systematic_failure,
+            "checkpoint_every": study.checkpoint_every, "chunk_size": study.chunk_size,
+            "retain": list(study.retain)}
 
 
 class ResultDir:
@@ -247,6 +257,11 @@ class ResultDir:
             sys.path.insert(0, str(Path(folder).parent))
         blob = self.study_pkl.read_bytes()
         want = raw.get("study_pkl_sha256")
+        if want and hashlib.sha256(blob).hexdigest() != want and self._next_pkl.exists():
+            # an extension was interrupted after study.json was written: its study is the next pickle
+            nxt = self._next_pkl.read_bytes()
+            if hashlib.sha256(nxt).hexdigest() == want:
+                blob = nxt
         if want and hashlib.sha256(blob).hexdigest() != want:
             raise BayesimError(
                 f"{self.study_pkl} does not match the checksum in {self.study_json.name}: it was changed or "
@@ -256,25 +271,34 @@ class ResultDir:
         object.__setattr__(study, "frozen_in", str(self.path.resolve()))
         return study
 
-    def freeze(self, study: Study, shard_size: int, shards: list[Shard] | None = None) -> FrozenStudy:
-        """Write study.pkl and study.json for a new study (study.json last: it marks 'ready').
+    _next_pkl = property(lambda self: self.path / ".study.pkl.next")
 
-        ``shards``: a shard plan made elsewhere (e.g. sized by cost); default ``plan_shards``.
-        """
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.shards_dir.mkdir(exist_ok=True)
-        self.logs.mkdir(exist_ok=True)
-        blob = _pickle_study(dataclasses.replace(study, frozen_in=None))
-        tmp = temp_name(self.study_pkl)
+    def _write_pkl(self, study: Study, name: str) -> bytes:
+        """Pickle the study (with its task layout) durably to ``name`` in the directory."""
+        blob = _pickle_study(dataclasses.replace(study, frozen_in=None, layout=study.space.to_layout()))
+        tmp = temp_name(self.path / name)
         try:
             with open(tmp, "wb") as fh:
                 fh.write(blob)
                 fh.flush()
                 os.fsync(fh.fileno())  # durable before study.json says the study is ready
-            tmp.replace(self.study_pkl)
+            tmp.replace(self.path / name)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise _write_failed(exc, self.path) from exc
+        return blob
+
+    def freeze(self, study: Study, shard_size: int, shards: list[Shard] | None = None) -> FrozenStudy:
+        """Write study.pkl and study.json for a new study (study.json last: it marks 'ready').
+
+        ``shards``: a shard plan made elsewhere (e.g. sized by cost); default ``plan_shards``.
+        """
+        from .extend import history_entry, metric_code
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.shards_dir.mkdir(exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        blob = self._write_pkl(study, "study.pkl")
         fsync_path(self.path)
         shards = shards if shards is not None else plan_shards(study.space, shard_size)
         code = code_descriptions(study)
@@ -304,8 +328,46 @@ class ResultDir:
             "runtime": runtime_settings(study),
             "study_file": study.study_file,
             "versions": package_versions(),
+            "layout": study.space.to_layout(),
+            "metric_code": metric_code(study),
+            "history": [history_entry([f"created: {study.n_tasks} tasks ({len(study.data_grid)} data x "
+                                       f"{len(study.fit_grid)} fit rows x {study.n_replicates} replicates)"],
+                                      tasks=[0, study.n_tasks], shards=[0, len(shards)])],
         }
         atomic_write_text(self.study_json, json.dumps(raw, indent=1, default=str))
+        return FrozenStudy(raw)
+
+    def apply_extension(self, ext: Any, shard_size: int, extra_history: dict[str, Any] | None = None) -> FrozenStudy:
+        """Freeze an extended study (see :mod:`bayesim_hpc.extend`): new tasks get new shards.
+
+        Crash-safe: the new pickle is written as ``.study.pkl.next``, then study.json (with its
+        checksum), then the pickle is renamed into place; :meth:`load_study` finishes an
+        interrupted rename. Existing shards, tasks and segments are not touched.
+        """
+        from .extend import history_entry, metric_code
+
+        study = ext.study
+        raw = json.loads(self.study_json.read_text())
+        blob = self._write_pkl(study, ".study.pkl.next")
+        n_old_shards = len(raw["shards"])
+        n_old_tasks = int(raw["n_tasks"])
+        n_old_blocks = len(raw["layout"]["blocks"]) if raw.get("layout") else 1
+        new_shards = plan_shards(ext.space, shard_size, first_block=n_old_blocks, first_id=n_old_shards)
+        code = code_descriptions(study)
+        raw.update(
+            fingerprint=fingerprint_parts(study, code), code=code, metric_code=metric_code(study),
+            study_pkl_sha256=hashlib.sha256(blob).hexdigest(), n_tasks=ext.space.n_tasks,
+            n_data=ext.space.n_data, n_fit=ext.space.n_fit, n_replicates=study.n_replicates,
+            retain=list(study.retain), metric_kinds=study.metric_kinds(), metrics=metric_descriptions(study.metrics),
+            data_grid=study.data_grid.to_dict("list"), fit_grid=study.fit_grid.to_dict("list"), task_grid=None,
+            layout=ext.space.to_layout(), shards=raw["shards"] + [[s.start, s.stop] for s in new_shards],
+        )
+        raw.setdefault("history", []).append(history_entry(
+            ext.what, tasks=[n_old_tasks, ext.space.n_tasks], shards=[n_old_shards, n_old_shards + len(new_shards)],
+            **(extra_history or {})))
+        atomic_write_text(self.study_json, json.dumps(raw, indent=1, default=str))
+        self._next_pkl.replace(self.study_pkl)
+        fsync_path(self.path)
         return FrozenStudy(raw)
 
     def set_runtime(self, settings: dict[str, Any]) -> None:
@@ -334,7 +396,7 @@ class ResultDir:
         else:
             code_now = code_descriptions(study)
             now = fingerprint_parts(study, code_now)
-        changed = [k for k, v in frozen.fingerprint.items() if now.get(k) != v]
+        changed = [k for k, v in frozen.fingerprint.items() if now.get(k) != v and k != "retain"]
         if changed:
             diffs = [code_diff(code_then[p], code_now[p], p) for p in changed
                      if p in CODE_PARTS and code_then is not None and code_now is not None and p in code_then]

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import signal
@@ -39,7 +40,7 @@ from .resultdir import ResultDir, check_trusted, runtime_settings
 from .results import SimulationResult
 from .storage import StorageFullError
 
-__all__ = ["run_simulation", "resume_simulation", "prepare_result_dir", "missing_shards"]
+__all__ = ["run_simulation", "resume_simulation", "run_adaptive", "prepare_result_dir", "missing_shards"]
 
 
 def _stderr(line: str) -> None:
@@ -163,9 +164,10 @@ def size_warnings(study: Study) -> list[str]:
 
 def prepare_result_dir(study: Study, rd: ResultDir, resume: str, force: bool, shard_size: int,
                        emit: Callable[[str], None] | None = None,
-                       shards_for: Callable[[], Any] | None = None) -> bool:
-    """Freeze a new study or check an existing one. Returns True if the directory was new.
+                       shards_for: Callable[[], Any] | None = None) -> tuple[bool, Study]:
+    """Freeze a new study, or check an existing one and freeze what it adds (an extension).
 
+    Returns (whether the directory was new, the study to run: the frozen one, as extended).
     ``shards_for()``: the executor's own shard plan for a new study (None: by ``shard_size``).
     """
     emit = emit or _stderr
@@ -174,9 +176,10 @@ def prepare_result_dir(study: Study, rd: ResultDir, resume: str, force: bool, sh
     if rd.exists():
         if force:
             try:
-                rd.check_same_study(study)
-                emit("force: the study is unchanged, so its results are kept; running only what is missing")
-                return False
+                grown = _extend_or_check(study, rd, shard_size, emit)
+                emit("force: the study is unchanged (or only grew), so its results are kept; running only what "
+                     "is missing")
+                return False, grown
             except StudyChangedError:
                 pass
             busy = live_work(rd)
@@ -192,20 +195,40 @@ def prepare_result_dir(study: Study, rd: ResultDir, resume: str, force: bool, sh
                 "or force=True to move them aside and start again."
             )
         else:
-            rd.check_same_study(study)
-            return False
+            return False, _extend_or_check(study, rd, shard_size, emit)
     elif resume == "must":
         raise BayesimError(f"nothing to resume: {rd.path} holds no study (no study.json)")
     rd.freeze(study, shard_size, shards_for() if shards_for is not None else None)
-    return True
+    return True, study
+
+
+def _extend_or_check(study: Study, rd: ResultDir, shard_size: int, emit: Callable[[str], None]) -> Study:
+    """The frozen study, grown by what ``study`` adds; refuses a changed study (:mod:`.extend`)."""
+    from .extend import plan_extension
+
+    frozen = rd.read_frozen()
+    if study.frozen_in is not None and study.frozen_in == str(rd.path.resolve()):
+        return study  # read back from this directory: it is the frozen study
+    if frozen.raw.get("code") is None:  # made by bayesim-hpc 0.1: no extension, only the old comparison
+        rd.check_same_study(study)
+        return study
+    loaded = rd.load_study()
+    ext = plan_extension(frozen.raw, loaded, study, str(rd.path))
+    if ext.empty:
+        return dataclasses.replace(ext.study, result_path=study.result_path)
+    rd.apply_extension(ext, shard_size)
+    emit(f"bayesim-hpc: the study grew: {'; '.join(ext.what)}")
+    return dataclasses.replace(ext.study, result_path=study.result_path)
 
 
 def missing_shards(rd: ResultDir, study: Study, retry_failed: bool) -> tuple[list[int], Any]:
     """Shards that have tasks without a row (or, with ``retry_failed``, with a failed row)."""
     prog = scan_progress(rd, study.n_tasks)
     out = []
+    active = study.space.active_mask()
     for shard in rd.read_frozen().shards:
-        st = prog.state[study.space.shard_indices(shard)]
+        idx = study.space.shard_indices(shard)
+        st = prog.state[idx[active[idx]]]
         if np.any(st == 0) or (retry_failed and np.any(st == 2)):
             out.append(shard.shard_id)
     return out, prog
@@ -295,8 +318,8 @@ def _drive(config: Study, rd: ResultDir, ex: Any, lock: DirLock, tmp: Any,
         # an executor that sizes shards by cost (Slurm's time-aware plan) does so for a new study,
         # unless a shard size was given
         own = getattr(ex, "initial_shards", None) if not (shard_size or config.shard_size) else None
-        is_new = prepare_result_dir(config, rd, resume, force, size, emit,
-                                    (lambda: own(config, size)) if own is not None else None)
+        is_new, config = prepare_result_dir(config, rd, resume, force, size, emit,
+                                            (lambda: own(config, size)) if own is not None else None)
         rd.set_runtime(runtime_settings(config, keep_going))
         if retry_failed is None:
             retry_failed = not is_new
@@ -481,3 +504,58 @@ def resume_simulation(path: str | Path, executor: str | Any | None = None, **kwa
         executor = runs[-1]["executor"] if runs else "inline"
     kwargs.setdefault("resume", "must")
     return run_simulation(study, executor, **kwargs)
+
+
+def run_adaptive(config: Study, executor: str | Any = "inline", *, target_mcse: dict[str, float],
+                 max_replicates: int, max_rounds: int = 20, max_growth: float = 4.0,
+                 emit: Callable[[str], None] | None = None, **run_options: Any) -> SimulationResult:
+    """Run ``config``, then add replicates in rounds until every cell meets ``target_mcse``
+    (per-cell MCSE, e.g. ``{"coverage": 0.01, "bias": 0.02}``) or has ``max_replicates``.
+
+    See :mod:`bayesim_hpc.adaptive` and docs/growing-a-study.md. ``run_options`` go to
+    :func:`run_simulation`. Each round is an extension of the frozen study, so a driver killed
+    in a round is finished by ``resume`` and the same call again goes on from there.
+
+    Example:
+        >>> result = run_adaptive(config, "local", target_mcse={"coverage": 0.01}, max_replicates=2000)  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    from .adaptive import cell_distances, check_targets, grow_cells, record_targets
+
+    targets = check_targets(target_mcse, max_replicates)
+    if config.n_replicates > max_replicates:
+        raise ConfigError("max_replicates", max_replicates, f"is below n_replicates={config.n_replicates}",
+                          "start with fewer replicates or raise the cap")
+    if config.result_path is None:
+        raise ConfigError("result_path", None, "is needed for adaptive rounds", "give result_path=...")
+    if run_options.get("detach") or run_options.get("dry_run"):
+        raise ConfigError("detach" if run_options.get("detach") else "dry_run", True,
+                          "leaves no results to measure between rounds", "run adaptive rounds with the driver attached")
+    emit = emit or _stderr
+    result = run_simulation(config, executor, emit=emit, **run_options)
+    rd = ResultDir(config.result_path)
+    record_targets(rd, targets, max_replicates)
+    for round_no in range(1, max_rounds + 1):
+        raw = rd.read_frozen().raw
+        dist = cell_distances(raw, pd.read_csv(rd.cells), targets, max_replicates, max_growth)
+        grow = {c.cell: c.wanted for c in dist if not c.met and c.wanted > c.replicates}
+        if not grow:
+            met = sum(c.met for c in dist)
+            emit(f"bayesim-hpc adaptive: {met} of {len(dist)} cell(s) meet the targets"
+                 + (f"; {len(dist) - met} at the cap of {max_replicates} replicates" if met < len(dist) else ""))
+            break
+        lock = DirLock(rd.driver_lock, purpose="driver")
+        lock.acquire()
+        try:
+            n_new = sum(v - c.replicates for c in dist for k, v in grow.items() if k == c.cell)
+            size = config.shard_size or int(raw.get("shard_size") or default_shard_size(n_new, 1))
+            grow_cells(rd, grow, round_no, dist, size)
+        finally:
+            lock.release()
+        emit(f"bayesim-hpc adaptive round {round_no}: more replicates for {len(grow)} cell(s): "
+             + ", ".join(f"{k} -> {v}" for k, v in list(grow.items())[:6]) + (" ..." if len(grow) > 6 else ""))
+        opts = {k: v for k, v in run_options.items() if k not in ("resume", "force", "shard_size")}
+        opts.setdefault("retry_failed", False)  # a round runs its new tasks; `resume` retries failures
+        result = resume_simulation(rd.path, executor, emit=emit, **opts)
+    return result

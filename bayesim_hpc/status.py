@@ -24,6 +24,8 @@ from .executors.base import format_duration
 from .locking import DirLock, _alive
 from .manifest import Manifest
 from .resultdir import ResultDir
+from .adaptive import adaptive_notes
+from .history import lifecycle_notes
 from .reduce import select_winners
 from .storage import read_rows, shard_dir, study_stamp
 
@@ -48,6 +50,9 @@ class StudyStatus:
     failures: list[dict[str, str]] = field(default_factory=list)
     scheduler_note: str = ""
     elements: list[dict[str, Any]] = field(default_factory=list)  # Slurm: predicted vs measured seconds
+    #: the study's history (created, what each extension added, when) and runtime notes
+    history: list[str] = field(default_factory=list)
+    n_hidden: int = 0
     foreign: list[dict[str, str]] = field(default_factory=list)
     unreadable: list[dict[str, str]] = field(default_factory=list)
     driver_note: str = ""  # e.g. a stale lock whose process is gone
@@ -66,6 +71,11 @@ class StudyStatus:
                  f"  tasks: {self.n_tasks}  succeeded: {self.n_success} ({100.0 * self.n_success / total:.1f} %)  "
                  f"failed: {self.n_failed} ({100.0 * self.n_failed / total:.1f} %)  pending: {self.n_missing}  "
                  f"warnings: {self.n_warnings}"]
+        if self.n_hidden:
+            lines.append(f"  hidden: {self.n_hidden} task(s) of grid rows the study no longer names (kept on disk)")
+        if self.history:
+            lines.append("  history:")
+            lines.extend(f"    {h}" for h in self.history)
         if self.driver:
             lines.append(f"  driver: {self.driver}")
         elif self.driver_note:
@@ -181,24 +191,30 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
         raise FileNotFoundError(f"{path} is not a bayesim-hpc result directory (no study.json)")
     frozen = rd.read_frozen()
     raw = frozen.raw
-    n, n_rep = frozen.n_tasks, int(raw["n_replicates"])
-    space = frozen.space  # from study.json: status never loads (unpickles) the study's code
+    n = frozen.n_tasks
+    space = frozen.space  # from study.json (its layout): status never loads (unpickles) the study's code
     win = select_winners(rd, n, columns=("n_warnings",), track=("n_warnings",), stamp=study_stamp(raw))
-    task_state = win.state
+    task_state = win.state.copy()
+    active = space.active_mask()
+    task_state[~active] = 3  # hidden cells: neither done nor pending
+    n_active = int(np.count_nonzero(active))
     n_success, n_failed = int(np.count_nonzero(task_state == 1)), int(np.count_nonzero(task_state == 2))
-    cell_of = np.arange(n) // n_rep
-    n_cells = n // n_rep
+    cell_of, _ = space.cell_and_rep(np.arange(n))
+    n_cells = len(space.cells)
     done = np.bincount(cell_of[task_state == 1], minlength=n_cells)
     failed = np.bincount(cell_of[task_state == 2], minlength=n_cells)
     cells = []
-    for k in range(n_cells):
+    for k in np.lexsort((space.cells[:, 1], space.cells[:, 0])):
+        if space.hidden[k]:
+            continue
         d, f = (int(v) for v in space.cells[k])
         label = space.format_id(d, f, 0).rsplit("_", 1)[0]
         data_spec, fit_spec = frozen.data_spec(d), frozen.fit_spec(f)
         grid_values = (", ".join(f"{a}={b}" for a, b in data_spec.items()) + " | "
                        + ", ".join(f"{a}={b}" for a, b in fit_spec.items()))
         cells.append({"cell": label, "label": grid_values, "data": data_spec, "fit": fit_spec, "done": int(done[k]),
-                      "failed": int(failed[k]), "pending": int(n_rep - done[k] - failed[k])})
+                      "failed": int(failed[k]), "pending": int(space.cell_reps[k] - done[k] - failed[k]),
+                      "replicates": int(space.cell_reps[k])})
     manifest = Manifest(rd).read()
     mshards = manifest.get("shards", {})
     live_states: dict[int, dict] = {}
@@ -255,7 +271,9 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
     failures = _failures(rd, win, task_state)
     n_warn = int(np.nansum(win.tracked["n_warnings"]))
     return StudyStatus(
-        path=str(rd.path), n_tasks=n, n_success=n_success, n_failed=n_failed, n_missing=n - n_success - n_failed,
+        path=str(rd.path), n_tasks=n_active, n_success=n_success, n_failed=n_failed,
+        n_missing=n_active - n_success - n_failed, history=lifecycle_notes(raw) + adaptive_notes(raw, rd.cells),
+        n_hidden=n - n_active,
         n_warnings=n_warn, cells=cells, shards=shards,
         corrupt=[{"segment": seg, "error": e} for seg, e in win.corrupt],
         driver=holder.describe() if holder else None, last_run=last, eta_seconds=eta, rate_per_s=rate,

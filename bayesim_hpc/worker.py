@@ -111,8 +111,9 @@ class _SystematicFailure:
 
 
 def _load(rd: ResultDir, generation: str) -> Study:
-    # The driver that started this worker checked that the directory is trusted.
-    key = (str(rd.path.resolve()), generation)
+    # The driver that started this worker checked that the directory is trusted. Keyed by the
+    # pickle's checksum too: a study that grew (same generation) is a new frozen study.
+    key = (str(rd.path.resolve()), generation, str(rd.read_frozen().raw.get("study_pkl_sha256")))
     if key not in _study_cache:
         _study_cache[key] = rd.load_study(check_trust=False)
     return _study_cache[key]
@@ -168,7 +169,8 @@ def run_shard(
     for path, why in prog.problems:
         emit(f"[shard {shard_id}] ignoring segment {path.name}: {why}")
     indices = space.shard_indices(shard)
-    todo = [int(i) for i in indices if prog.state[i] == 0 or (retry_failed and prog.state[i] == 2)]
+    active = space.active_mask()  # tasks of hidden cells (grid rows the study dropped) never run
+    todo = [int(i) for i in indices if active[i] and (prog.state[i] == 0 or (retry_failed and prog.state[i] == 2))]
     out = ShardOutcome(shard_id, attempt, 0, 0, 0, len(indices) - len(todo))
     buffer: list[TaskRecord] = []
     seq = _next_seq(rd, shard_id, attempt)
@@ -177,6 +179,8 @@ def run_shard(
     last_progress = 0.0
     runtime = frozen.raw.get("runtime", {})  # this run's settings (the driver writes them)
     max_errors = runtime.get("max_errors", study.max_errors)
+    flush_every = min(int(runtime.get("chunk_size", study.chunk_size)),
+                      int(runtime.get("checkpoint_every", study.checkpoint_every)))
     systematic = _SystematicFailure(runtime.get("stop_on_systematic_failure", study.stop_on_systematic_failure),
                                     len(indices), succeeded_before=bool((prog.state[indices] == 1).any()))
     n_failed_before = int((prog.state[indices] == 2).sum()) if not retry_failed else 0
@@ -238,7 +242,7 @@ def run_shard(
             for w in rec.warnings:  # every one: the driver folds repeats across workers (relay.FoldingEmit)
                 emit(f"[{rec.task_id}] WARNING {w}")
             now = time.monotonic()
-            if len(buffer) >= study.flush_every or now - last_flush >= flush_seconds:
+            if len(buffer) >= flush_every or now - last_flush >= flush_seconds:
                 flush()
             if now - last_progress >= 2.0:
                 try:

@@ -18,15 +18,15 @@ PKG = Path(__file__).resolve().parents[1] / "bayesim_hpc"
 LAYERS: list[tuple[str, ...]] = [
     # plain data, pure functions, no I/O of their own
     ("errors", "records", "seeding", "names", "retention", "diagnostics", "fingerprint", "relay", "sbc", "grid",
-     "data"),
+     "data", "history"),
     # the study definition, the fitters and metrics that run inside a task
     ("config", "fitters", "metrics", "locking"),
     # one task; durable storage of its record
     ("task", "storage"),
     # the result directory and the readers of what workers wrote
-    ("resultdir", "reduce", "aggregate", "compare", "manifest", "checkpoints", "planning"),
+    ("resultdir", "extend", "reduce", "aggregate", "compare", "manifest", "checkpoints", "planning"),
     # what runs on a compute node, and what reads the results
-    ("worker", "results", "report", "report_plots", "export", "preflight", "remetric", "adaptive"),
+    ("worker", "results", "report", "report_plots", "export", "preflight", "recompute", "adaptive"),
     # where tasks run
     ("executors",),
     # progress as the segments and the scheduler tell it

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from bayesim_hpc import (BayesimError, MockFitter, StudyChangedError, clean_old_checkpoints, list_checkpoints,
-                         load_results, resume_simulation, run_simulation, rmse_metric)
+                         load_results, resume_simulation, run_simulation, rmse_metric, bias_metric, coverage_metric)
 from bayesim_hpc.storage import iter_segment_paths
 
 from .studies.linear import make_config
@@ -24,12 +24,11 @@ def _gen_other(spec, rng, ctx):
 
 @pytest.mark.parametrize("change,named", [
     (dict(seed=43), "seed"),
-    (dict(n_replicates=21), "n_replicates"),
-    (dict(retain="debug"), "retain"),
+    (dict(n_replicates=19), "n_replicates"),
     (dict(data_grid={"n": [200], "sigma": [1.0]}), "data_grid"),
     (dict(fit_grid={"model": ["quadratic"]}), "fit_grid"),
     (dict(fitter=MockFitter(scale=2.0)), "fitter"),
-    (dict(metrics=[rmse_metric()]), "metrics"),
+    (dict(metrics=[rmse_metric("params"), bias_metric(), coverage_metric()]), "metrics"),
     (dict(data_generator=_gen_other), "data_generator"),
 ])
 def test_changed_study_is_refused_naming_the_change(rdir, change, named):
