@@ -101,7 +101,7 @@ class PlannedElement:
 
 def shard_costs(space: TaskSpace, shards: list[Shard], task_s: np.ndarray) -> np.ndarray:
     """Predicted task seconds of each shard (start-up not included), in O(cells + shards)."""
-    order = space._shard_cell_order
+    order = space.shard_cell_order
     per_cell = task_s[order]  # cells in shard order
     prefix = np.concatenate([[0.0], np.cumsum(per_cell * space.n_rep)])
 
@@ -182,7 +182,7 @@ def plan_shards_by_cost(space: TaskSpace, task_s: np.ndarray, max_shard_s: float
     """
     if max_size < 1:
         raise ValueError("max_size must be >= 1")
-    order = space._shard_cell_order
+    order = space.shard_cell_order
     fits = space.cells[order, 1]
     shards: list[Shard] = []
     start = pos = 0
@@ -231,7 +231,7 @@ def measure_segments(result_dir: str | Path, space: TaskSpace) -> dict[int, Cell
         t = rows.numbers.get("timing_total")
         if t is None or not rows.n_rows:
             continue
-        cells = rows.index // space.n_rep
+        cells, _ = space.cell_and_rep(rows.index)
         for k in np.unique(cells):
             times.setdefault(int(k), []).append(t[cells == k])
     out = {}
@@ -316,7 +316,7 @@ def run_pilot(study: Any, cells: Iterable[int], per_cell: int,
 
 def pilot_cells(space: TaskSpace, max_cells: int) -> list[int]:
     """Up to ``max_cells`` cells spread over shard order, every fit row first."""
-    order = [int(k) for k in space._shard_cell_order]
+    order = [int(k) for k in space.shard_cell_order]
     firsts, seen = [], set()
     for k in order:
         f = int(space.cells[k, 1])

@@ -173,9 +173,8 @@ class SlurmExecutor:
             if self.rules.trivial:
                 return self.base
             if sid not in cache:
-                sh = frozen[sid]
-                blocks = range(sh.start // space.n_rep, (sh.stop - 1) // space.n_rep + 1)  # cells in shard order
-                ks = sorted({int(space._shard_cell_order[k]) for k in blocks})
+                cells, _ = space.cell_and_rep(space.shard_indices(frozen[sid]))
+                ks = sorted({int(k) for k in cells})
                 specs = [(ctx.study.data_spec(int(space.cells[k, 0])), ctx.study.fit_spec(int(space.cells[k, 1])))
                          for k in ks]
                 cache[sid] = self.rules.for_cells(specs)
@@ -223,7 +222,7 @@ class SlurmExecutor:
         measured = planning.measure_segments(ctx.rd.path, space)
         hint = planning.hinted(space, [study.fit_spec(f) for f in range(space.n_fit)], self.task_seconds)
         pilot: dict[int, planning.CellCost] = {}
-        if not measured and not hint and self.pilot_tasks > 0 and self.plan == "time":
+        if not measured and not hint and self.pilot_tasks > 0 and self.plan == "time" and len(space.blocks) == 1:
             frozen = ctx.rd.read_frozen().shards
             todo = set(ctx.shard_ids)
             starts = np.array([s.start for s in frozen])
@@ -232,7 +231,7 @@ class SlurmExecutor:
                 from ..storage import write_segment
 
                 rank = np.empty(len(space.cells), dtype=np.int64)
-                rank[space._shard_cell_order] = np.arange(len(space.cells))
+                rank[space.shard_cell_order] = np.arange(len(space.cells))
                 by_shard: dict[int, list] = {}
                 for rec in records:
                     k, r = divmod(rec.index, space.n_rep)
