@@ -33,7 +33,7 @@ def test_cost_sized_shards_cover_every_task_once_never_mix_fits_and_keep_heavy_s
     for s in shards:
         fits = {space.fit_idx_at_shard_pos(p) for p in range(s.start, s.stop)}
         assert len(fits) == 1
-        cost = sum(task_s[space._shard_cell_order[p // space.n_rep]] for p in range(s.start, s.stop))
+        cost = sum(task_s[space.shard_cell_order[p // space.n_rep]] for p in range(s.start, s.stop))
         assert s.n_tasks <= 40 and (cost <= 30.0 + 1e-9 or s.n_tasks == 1)
     heavy = [s.n_tasks for s in shards if space.fit_idx_at_shard_pos(s.start) == 1]
     light = [s.n_tasks for s in shards if space.fit_idx_at_shard_pos(s.start) == 0]
