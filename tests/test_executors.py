@@ -69,7 +69,7 @@ def test_mock_preemption_and_node_failure_requeue(rdir, inline_summary, fault, s
 def test_mock_time_limit_flushes_on_signal_then_requeues(tmp_path):
     # 2 shards of 36 tasks x 0.35 s = 12.6 s of work: more than one 12-second allocation (warning signal
     # at 10 s) each, with room for a slow worker start-up on a loaded machine
-    kw = dict(n_replicates=36, data_grid={"n": [50, 100], "sigma": [1.0]}, fit_grid={"model": ["a"]},
+    kw = dict(n_replicates=36, data_grid={"n": [50, 100], "sigma": [1.0]}, fit_grid={"model": ["a"]}, shard_size=36,
               chunk_size=1000, checkpoint_every=1000)
     ref = run_simulation(_cfg(tmp_path / "ref", **kw), "inline", progress=False, emit=lambda s: None).summary
     cfg = _cfg(tmp_path / "r", fitter=MockFitter(delay=0.35), **kw)
