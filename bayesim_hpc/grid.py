@@ -278,6 +278,13 @@ class TaskSpace:
         return ~self.hidden[cell]
 
     # --- shard order -----------------------------------------------------------------
+    @property
+    def _shard_cell_order(self) -> np.ndarray:
+        """Cell numbers in shard order, block after block (for a study that never grew: every
+        cell once, sorted by (fit, data)); cost-sized planning of a new study walks this."""
+        return np.concatenate([b.cells[b.shard_cellpos] for b in self.blocks]) if self.blocks else \
+            np.empty(0, dtype=np.int64)
+
     def index_at_shard_pos(self, pos: int) -> int:
         """Canonical index of the task at position ``pos`` of shard order."""
         return int(self.shard_indices(Shard(-1, int(pos), int(pos) + 1))[0])

@@ -100,7 +100,10 @@ class PlannedElement:
 
 
 def shard_costs(space: TaskSpace, shards: list[Shard], task_s: np.ndarray) -> np.ndarray:
-    """Predicted task seconds of each shard (start-up not included), in O(cells + shards)."""
+    """Predicted task seconds of each shard (start-up not included), in O(cells + shards)
+    (a grown study, with several blocks of tasks: in O(tasks))."""
+    if len(space.blocks) > 1:
+        return np.array([float(task_s[space.cell_and_rep(space.shard_indices(s))[0]].sum()) for s in shards])
     order = space._shard_cell_order
     per_cell = task_s[order]  # cells in shard order
     prefix = np.concatenate([[0.0], np.cumsum(per_cell * space.n_rep)])
@@ -231,7 +234,7 @@ def measure_segments(result_dir: str | Path, space: TaskSpace) -> dict[int, Cell
         t = rows.numbers.get("timing_total")
         if t is None or not rows.n_rows:
             continue
-        cells = rows.index // space.n_rep
+        cells, _ = space.cell_and_rep(rows.index)  # blocks of a grown study too
         for k in np.unique(cells):
             times.setdefault(int(k), []).append(t[cells == k])
     out = {}
