@@ -303,9 +303,10 @@ def run_pilot(study: Any, cells: Iterable[int], per_cell: int,
         recs, times = [], []
         f = int(study.space.cells[k, 1])
         n = per_cell if f not in seen_fit else max(1, per_cell - 1)
-        for r in range(min(n, study.space.n_rep)):
-            t0 = time.perf_counter()
-            rec = run_task(study, study.space.ref(int(k) * study.space.n_rep + r))
+        d = int(study.space.cells[k, 0])
+        for r in range(min(n, int(study.space.cell_reps[k]))):
+            t0 = time.perf_counter()  # the task by identity: right for the blocks of a grown study too
+            rec = run_task(study, study.space.parse_id(study.space.format_id(d, f, r)))
             times.append(time.perf_counter() - t0)
             recs.append(rec)
         if keep is not None:
