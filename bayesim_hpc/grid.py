@@ -280,13 +280,10 @@ class TaskSpace:
     # --- shard order -----------------------------------------------------------------
     @property
     def shard_cell_order(self) -> np.ndarray:
-        """Cell numbers in shard order, for a space of one block (a study that never grew):
-        position ``p`` of shard order is replicate ``p % n_rep`` of cell ``shard_cell_order[p // n_rep]``,
-        whose canonical index is ``cell * n_rep + rep``. Cost-sized planning works on this."""
-        if len(self.blocks) != 1 or self.blocks[0].r0 != 0 or self.blocks[0].r1 != self.n_rep:
-            raise ValueError("this needs a study of one block (one that never grew)")
-        b = self.blocks[0]
-        return b.cells[b.shard_cellpos]
+        """Cell numbers in shard order, block after block (for a study that never grew: every
+        cell once, sorted by (fit, data)); cost-sized planning of a new study walks this."""
+        return np.concatenate([b.cells[b.shard_cellpos] for b in self.blocks]) if self.blocks else \
+            np.empty(0, dtype=np.int64)
 
     def index_at_shard_pos(self, pos: int) -> int:
         """Canonical index of the task at position ``pos`` of shard order."""

@@ -100,7 +100,10 @@ class PlannedElement:
 
 
 def shard_costs(space: TaskSpace, shards: list[Shard], task_s: np.ndarray) -> np.ndarray:
-    """Predicted task seconds of each shard (start-up not included), in O(cells + shards)."""
+    """Predicted task seconds of each shard (start-up not included), in O(cells + shards)
+    (a grown study, with several blocks of tasks: in O(tasks))."""
+    if len(space.blocks) > 1:
+        return np.array([float(task_s[space.cell_and_rep(space.shard_indices(s))[0]].sum()) for s in shards])
     order = space.shard_cell_order
     per_cell = task_s[order]  # cells in shard order
     prefix = np.concatenate([[0.0], np.cumsum(per_cell * space.n_rep)])
@@ -231,7 +234,7 @@ def measure_segments(result_dir: str | Path, space: TaskSpace) -> dict[int, Cell
         t = rows.numbers.get("timing_total")
         if t is None or not rows.n_rows:
             continue
-        cells, _ = space.cell_and_rep(rows.index)
+        cells, _ = space.cell_and_rep(rows.index)  # blocks of a grown study too
         for k in np.unique(cells):
             times.setdefault(int(k), []).append(t[cells == k])
     out = {}
@@ -300,9 +303,10 @@ def run_pilot(study: Any, cells: Iterable[int], per_cell: int,
         recs, times = [], []
         f = int(study.space.cells[k, 1])
         n = per_cell if f not in seen_fit else max(1, per_cell - 1)
-        for r in range(min(n, study.space.n_rep)):
-            t0 = time.perf_counter()
-            rec = run_task(study, study.space.ref(int(k) * study.space.n_rep + r))
+        d = int(study.space.cells[k, 0])
+        for r in range(min(n, int(study.space.cell_reps[k]))):
+            t0 = time.perf_counter()  # the task by identity: right for the blocks of a grown study too
+            rec = run_task(study, study.space.parse_id(study.space.format_id(d, f, r)))
             times.append(time.perf_counter() - t0)
             recs.append(rec)
         if keep is not None:

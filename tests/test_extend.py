@@ -335,3 +335,16 @@ def test_task_grid_study_grows_and_hides_pairs(tmp_path):
     pd.testing.assert_frame_equal(grown, fresh[grown.columns], check_exact=True)
     dropped = run_simulation(config(tmp_path / "r", **dict(kw, task_grid=tg2.iloc[:3])), **QUIET)
     assert len(dropped.summary) == 12 and not dropped.summary["task_id"].str.startswith("d001_f002").any()
+
+
+def test_shard_costs_and_segment_costs_follow_the_blocks_of_a_grown_study():
+    from bayesim_hpc.grid import plan_shards
+    from bayesim_hpc.planning import shard_costs
+
+    sp = TaskSpace(np.array([[0, 0], [1, 0], [0, 1]]), 2, 2, 5)
+    task_s = np.array([1.0, 2.0, 3.0])
+    before = shard_costs(sp, plan_shards(sp, 3), task_s)
+    grown = sp.extend({(0, 0): 7, (1, 0): 5, (0, 1): 5}, 2, 2)
+    after = shard_costs(grown, plan_shards(grown, 3), task_s)
+    assert after[:len(before)].tolist() == before.tolist() and after[len(before):].tolist() == [2.0]
+    assert sorted(grown.shard_cell_order.tolist()) == [0, 0, 1, 2]
