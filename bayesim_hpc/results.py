@@ -67,8 +67,10 @@ class SimulationResult:
     """A study's results: ``summary`` (one row per task), ``cells`` (per-cell measures with
     MCSE) and ``task_results`` (retained artifacts, loaded per task on demand)."""
 
-    def __init__(self, path: str | Path, reduce_outcome: ReduceOutcome | None = None, _tmpdir: Any = None):
+    def __init__(self, path: str | Path, reduce_outcome: ReduceOutcome | None = None, _tmpdir: Any = None,
+                 dry_run: bool = False):
         self.rd = ResultDir(path)
+        self.dry_run = dry_run  # a dry run: nothing ran, nothing was kept
         self.path = self.rd.path
         self.reduce_outcome = reduce_outcome
         self._tmpdir = _tmpdir  # keeps a temporary result directory alive with the result

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -288,6 +289,7 @@ def run_simulation(
     ex = make_executor(executor, workers=workers, max_attempts=max_attempts, **executor_options)
     for line in size_warnings(config):
         emit(line)
+    created = not rd.path.exists()
     rd.path.mkdir(parents=True, exist_ok=True)
     check_trusted(rd.path)  # workers will unpickle study.pkl from here
     lock = DirLock(rd.driver_lock, purpose="driver", stale_after=lock_stale_after, wait_foreign=True, notify=emit)
@@ -295,11 +297,14 @@ def run_simulation(
         try:
             lock.acquire()
             try:
-                return _drive(config, rd, ex, lock, tmp, emit, resume=resume, retry_failed=retry_failed,
-                              force=force, progress=progress, shard_size=shard_size, max_attempts=max_attempts,
-                              reduce=reduce, keep_going=keep_going)
+                result = _drive(config, rd, ex, lock, tmp, emit, resume=resume, retry_failed=retry_failed,
+                                force=force, progress=progress, shard_size=shard_size, max_attempts=max_attempts,
+                                reduce=reduce, keep_going=keep_going)
             finally:
                 lock.release()
+            if created and result.dry_run:  # a dry run leaves nothing behind, not even the directory
+                shutil.rmtree(rd.path, ignore_errors=True)
+            return result
         except DriverInterrupted as exc:  # arrived outside the run proper (taking the lock, reporting)
             if lock.lost.is_set():
                 raise LockLostError(lock.lost_message()) from None
@@ -362,7 +367,7 @@ def _drive(config: Study, rd: ResultDir, ex: Any, lock: DirLock, tmp: Any,
             if is_new:  # leave no frozen study behind: the real run may define it differently
                 _remove_new_study(rd)
             emit("dry run: nothing was submitted")
-            return SimulationResult(rd.path, None, _tmpdir=tmp)
+            return SimulationResult(rd.path, None, _tmpdir=tmp, dry_run=True)
         if outcome.detached:
             emit(f"submitted; the driver is leaving. Check with: bayesim-hpc status {rd.path}")
             return SimulationResult(rd.path, None, _tmpdir=tmp)

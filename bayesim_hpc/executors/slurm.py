@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import getpass
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -36,12 +37,16 @@ from ..resultdir import ResultDir
 from . import slurm_limits
 from . import slurm_query as sq
 from .base import RunContext, RunOutcome
-from .slurm_job import MAX_SELF_REQUEUES, read_done_record
+from .slurm_job import MAX_SELF_REQUEUES, read_done_record, run_element
 from .slurm_profile import TEMPLATES_DIR, Escalation, ResourceRules, Resources, load_profile, mem_mb, minutes
 from .slurm_submit import LIVE, Elem, Pack, Submitter, adopt, element_shards, job_name
 from .slurm_watch import Monitor, MonitorSettings, reason_of
 
 __all__ = ["SlurmExecutor", "job_name", "load_profile", "MAX_SELF_REQUEUES", "TEMPLATES_DIR"]
+
+
+#: memory per element when neither an option nor the profile asks (GB)
+DEFAULT_MEM_GB = 2
 
 
 class SlurmExecutor:
@@ -92,8 +97,16 @@ class SlurmExecutor:
         prof = load_profile(profile)
         self.profile = profile
         pick = lambda arg, key, default=None: arg if arg is not None else prof.get(key, default)  # noqa: E731
+        where = f"profile {profile}" if profile is not None else "profile"
+        # where each request comes from, for --dry-run: the option, the profile, or our default
+        self.sources = {key: "option" if arg is not None else where if any(k in prof for k in keys) else "default"
+                        for key, arg, keys in (("time", time, ("time",)), ("mem", mem, ("mem", "mem_gb")),
+                                               ("cpus", cpus_per_task, ("cpus_per_task",)))}
+        mem_given = mem if mem is not None else prof.get("mem", prof.get("mem_gb"))
         self.base = Resources(time_min=minutes(pick(time, "time", 60)),
-                              mem_mb=mem_mb(mem if mem is not None else prof.get("mem", prof.get("mem_gb"))),
+                              # without a request, many clusters give a job a small DefMemPerCPU: ask for
+                              # what a PyMC worker needs (~0.6 GB resident) with room to spare
+                              mem_mb=mem_mb(mem_given if mem_given is not None else DEFAULT_MEM_GB),
                               cpus_per_task=int(pick(cpus_per_task, "cpus_per_task", 1)),
                               partition=pick(partition, "partition"), account=pick(account, "account"),
                               qos=pick(qos, "qos"))
@@ -139,8 +152,12 @@ class SlurmExecutor:
             d = f"{str(self.compile_dir).rstrip('/')}/$SLURM_JOB_ID"
             setup += [f'mkdir -p "{d}"',
                       f'export PYTENSOR_FLAGS="${{PYTENSOR_FLAGS:+$PYTENSOR_FLAGS,}}base_compiledir={d}"']
+        # the script says what it runs: the element's payload is a submitit pickle otherwise
+        setup = [f"# bayesim-hpc: element $SLURM_ARRAY_TASK_ID runs {run_element.__module__}.{run_element.__name__} "
+                 "on the shards listed by `bayesim-hpc run --dry-run` (and in manifest.json submissions)"] + setup
         params: dict[str, Any] = {
             "job_name": name, "time": res.time_min, "cpus_per_task": res.cpus_per_task,
+            "wckey": None,  # submitit would send --wckey=submitit, which clusters that bill by wckey reject
             "signal_delay_s": self.signal_delay(res), "array_parallelism": min(self.parallelism, max(1, n)),
             "setup": setup, "additional_parameters": dict(self.additional),
         }
@@ -406,6 +423,10 @@ class SlurmExecutor:
         for p in packs:
             classes.setdefault(p.resources, []).append(p)
         n_arrays = sum(len(sq.split_array(list(range(len(g))), mas)) for g in classes.values())
+        src = self.sources
+        ctx.emit(f"requests per element: time {self.base.time_min} min ({src['time']}), memory "
+                 f"{self.base.mem} ({src['mem']}), {self.base.cpus_per_task} cpu(s) ({src['cpus']}); per-cell rules "
+                 f"and escalation may raise them")
         ctx.emit(f"slurm dry run: {len(ctx.shard_ids)} shard(s) in {len(packs)} element(s), {len(classes)} resource "
                  f"class(es), {n_arrays} array(s) ({known}, throttle %{self.parallelism}), job name {name}; "
                  "nothing is submitted")
@@ -420,14 +441,26 @@ class SlurmExecutor:
                 for j, i in enumerate(batch):
                     p = group[i]
                     pred = f", predicted {p.predicted_s:.0f} s" if p.predicted_s is not None else ""
-                    shards = ", ".join(f"{s} (tasks {frozen[s].start}..{frozen[s].stop - 1}, attempt {attempts[s]})"
+                    shards = ", ".join(f"{s} ({self._task_range(ctx, frozen[s])}, attempt {attempts[s]})"
                                        for s in p.shards[:4]) + (f", ... {len(p.shards) - 4} more" if len(p.shards) > 4 else "")
                     ctx.emit(f"  [{j}] shard(s) {shards}{pred}")
+                    first = p.shards[0]
+                    ctx.emit(f"      to debug it here once the study is frozen: {sys.executable} -m bayesim_hpc.worker "
+                             f"{ctx.rd.path} {first} "
+                             f"--attempt {attempts[first]}" + (" (and the same for its other shards)"
+                                                               if len(p.shards) > 1 else ""))
                 ctx.emit(f"--- sbatch script of array {k} (submitit) ---")
                 for line in self.render_script(ctx.rd, name, n, res).splitlines():
                     ctx.emit(line)
                 ctx.emit("--- end ---")
         return RunOutcome(detached=True, dry_run=True)
+
+    @staticmethod
+    def _task_range(ctx: RunContext, shard: Any) -> str:
+        """A shard's tasks by id: ``d001_f001_r00001 .. d001_f001_r00010 (10 tasks)``."""
+        idx = ctx.study.space.shard_indices(shard)
+        space = ctx.study.space
+        return f"{space.task_id(int(idx[0]))} .. {space.task_id(int(idx[-1]))}, {len(idx)} tasks"
 
     # ----------------------------------------------------------------------------- status / cancel
     def live_states(self, rd: ResultDir | str | Path) -> dict[int, dict]:
