@@ -152,6 +152,22 @@ def _element_lines(elements: list[dict[str, Any]], max_rows: int) -> list[str]:
         m = f"{np.mean(meas):.0f} s ({len(meas)} finished)" if meas else "- (none finished)"
         out.append(f"    class {label}: {len(els)} element(s), mean predicted {p}, mean measured {m}")
     return out
+#: scheduler reasons that only explain why an element is *waiting*; stale once it runs or ended
+_PENDING_REASONS = ("JobArrayTaskLimit", "Priority", "Resources", "QOSMaxJobsPerUserLimit", "AssocMaxJobsLimit",
+                    "QOSMaxSubmitJobPerUserLimit", "BeginTime", "Dependency", "None")
+
+
+def _current_reason(state: str, reason: str) -> str:
+    """The reason to show: a pending element's reason is dropped once the element runs or ended.
+
+    >>> _current_reason("RUNNING", "JobArrayTaskLimit"), _current_reason("PENDING", "JobArrayTaskLimit")
+    ('', 'JobArrayTaskLimit')
+    """
+    if state != "PENDING" and reason.strip().strip("()") in _PENDING_REASONS:
+        return ""
+    return reason
+
+
 _QUIET_STATES = ("COMPLETED", "PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING")
 
 
@@ -246,7 +262,8 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
             state = "COMPLETED"
         shards.append({"shard": sh.shard_id, "tasks": sh.n_tasks, "done": int(np.count_nonzero(st == 1)),
                        "failed": int(np.count_nonzero(st == 2)), "missing": missing, "state": state,
-                       "reason": entry.get("reason", ""), "attempts": int(entry.get("attempts", 0)),
+                       "reason": _current_reason(state, entry.get("reason", "")),
+                       "attempts": int(entry.get("attempts", 0)),
                        "job_ids": list(dict.fromkeys(entry.get("job_ids", []))),
                        "logs": _log_files(rd, sh.shard_id, entry) if state not in _QUIET_STATES else [],
                        "last_failure": entry.get("last_failure"), "escalated": entry.get("escalated")})
