@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .diagnostics import RHAT_THRESHOLD
 from .names import add_current_names, current_name, split_column
 
 __all__ = ["cell_measures", "wilson_interval", "proportion", "point_measures"]
@@ -189,5 +190,5 @@ def cell_measures(df: pd.DataFrame, metric_kinds: dict[str, str]) -> dict[str, A
             if x.size:
                 out[f"{col}__{how}"] = float(getattr(np, how)(x))
     if "rhat_max" in X and n:
-        out["share_rhat_gt_1.01"] = float(np.mean(X["rhat_max"] > 1.01))
+        out[f"share_rhat_gt_{RHAT_THRESHOLD:g}"] = float(np.mean(X["rhat_max"] > RHAT_THRESHOLD))
     return out

@@ -45,6 +45,11 @@ from scipy.special import ndtri  # what scipy.stats.norm.ppf computes; importing
 
 __all__ = ["rhat", "ess_bulk", "ess_tail", "diagnose", "summarize_draws"]
 
+#: convergence thresholds used everywhere (the fitter's warnings, the per-cell share, the report):
+#: R-hat above this is flagged (Vehtari et al. 2021); bulk/tail ESS below this many per chain is low
+RHAT_THRESHOLD = 1.01
+ESS_PER_CHAIN = 100.0
+
 _BLOM_C = 3 / 8
 _TAIL_PROBS = (0.05, 0.95)
 

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .history import lifecycle_notes
+from .diagnostics import RHAT_THRESHOLD
 from .names import LEGACY_AGGREGATES, nominal_level, split_column
 from .report_plots import cell_label, ecdf_figure, histogram_figure, nested_loop_figure, records, zip_figure
 from .results import load_results
@@ -261,7 +262,7 @@ def build_report(path: str | Path, out: str | Path | None = None) -> Path:
     body = ""
     if diag:
         body += figure("Diagnostics", histogram_figure(diag, "Convergence diagnostics over all successful tasks"))
-        cols = [c for c in ("rhat_max__max", "share_rhat_gt_1.01", "ess_bulk__min", "divergent__sum") if c in cells.columns]
+        cols = [c for c in ("rhat_max__max", f"share_rhat_gt_{RHAT_THRESHOLD:g}", "ess_bulk__min", "divergent__sum") if c in cells.columns]
         body += _table([{"data": cell_label(r, "data"), "fit": cell_label(r, "fit"), **{c: r[c] for c in cols}}
                         for r in records(cells)], "Convergence per cell", 2)
     sections.append(("convergence", "Did the sampler converge?",

@@ -53,7 +53,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from ...data import SimData, TaskContext
-from ...diagnostics import summarize_draws
+from ...diagnostics import ESS_PER_CHAIN, RHAT_THRESHOLD, summarize_draws
 from ..base import FitResult
 from .capture import _Capture, _import_pymc, _is_panic
 from .compile_dir import _CompileDirFirst, configure_compile_dir
@@ -132,8 +132,8 @@ class PyMCFitter(_DataPath):
         predict: Callable[[dict, SimData, dict], dict] | None = None,
         *,
         max_treedepth: int = 10,
-        rhat_threshold: float = 1.01,
-        ess_per_chain: float = 100.0,
+        rhat_threshold: float = RHAT_THRESHOLD,
+        ess_per_chain: float = ESS_PER_CHAIN,
         max_cached_models: int = 8,
         data: Callable[[SimData, dict], Mapping[str, Any]] | None = None,
         lazy_idata: bool = True,
