@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-__all__ = ["TaskRecord", "TaskState"]
+__all__ = ["TaskRecord", "TaskState", "WorkerExit"]
 
 
 class TaskState(IntEnum):
@@ -23,6 +23,15 @@ class TaskState(IntEnum):
     MISSING = 0
     SUCCEEDED = 1
     FAILED = 2
+
+
+class WorkerExit(IntEnum):
+    """Exit codes of a worker process, and of a Slurm element that runs workers (defined once here)."""
+
+    DONE = 0      #: every task of the shard ran
+    STOPPED = 3   #: told to stop (time limit, preemption, Ctrl-C): finished tasks flushed
+    BUDGET = 4    #: stopped by the error budget or early on a systematic failure
+    STORAGE = 5   #: a segment could not be written (disk full): another attempt would fail the same way
 
 
 @dataclass

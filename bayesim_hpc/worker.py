@@ -33,6 +33,7 @@ from typing import Callable
 
 from .config import Study
 from .manifest import scan_progress
+from .records import WorkerExit
 from .resultdir import ResultDir
 from .storage import StorageFullError, atomic_write_text, ensure_shard_dir, shard_dir, study_stamp, write_segment
 from .task import TaskRecord, run_task
@@ -40,7 +41,8 @@ from .task import TaskRecord, run_task
 __all__ = ["run_shard", "ShardOutcome", "EXIT_DONE", "EXIT_STOPPED", "EXIT_BUDGET", "EXIT_STORAGE",
            "StopRequested"]
 
-EXIT_DONE, EXIT_STOPPED, EXIT_BUDGET, EXIT_STORAGE = 0, 3, 4, 5
+EXIT_DONE, EXIT_STOPPED, EXIT_BUDGET, EXIT_STORAGE = (WorkerExit.DONE, WorkerExit.STOPPED, WorkerExit.BUDGET,
+                                                    WorkerExit.STORAGE)
 _study_cache: dict[tuple[str, str], Study] = {}
 
 

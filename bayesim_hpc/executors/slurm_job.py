@@ -38,13 +38,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ..records import WorkerExit
 from ..storage import atomic_write_text
 from . import slurm_query as sq
 
 __all__ = ["MAX_SELF_REQUEUES", "EXIT_DONE", "EXIT_STOPPED", "EXIT_BUDGET", "run_element", "done_record_path",
            "read_done_record", "element_id_from_env"]
 
-EXIT_DONE, EXIT_STOPPED, EXIT_BUDGET = 0, 3, 4  # the worker's exit codes (bayesim_hpc.worker)
+EXIT_DONE, EXIT_STOPPED, EXIT_BUDGET = WorkerExit.DONE, WorkerExit.STOPPED, WorkerExit.BUDGET
 MAX_SELF_REQUEUES = 20
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
 
