@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pytest
 
 from bayesim_hpc import resume_simulation, run_simulation
 from bayesim_hpc.resultdir import ResultDir
 
+from .faults.helpers import metric_frame
+from .faults.helpers import workers_of as _workers_of
 from .studies.linear import drill_config
 
 pytestmark = pytest.mark.slow
@@ -28,9 +29,6 @@ N_TRIALS = 21
 QUIET = dict(progress=False, emit=lambda s: None)
 
 
-def metric_frame(s: pd.DataFrame) -> pd.DataFrame:
-    cols = sorted(c for c in s.columns if "__" in c and not c.startswith("timing")) + ["task_id", "status"]
-    return s[cols].sort_values("task_id").reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +42,6 @@ def _drive(what: str, rdir: Path) -> subprocess.Popen:
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _workers_of(rdir: Path) -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = p.info["cmdline"] or []
-        if "bayesim_hpc.worker" in cmd and str(rdir) in cmd:
-            out.append(p)
-    return out
 
 
 def _finish(rdir: Path) -> pd.DataFrame:

@@ -12,10 +12,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pandas as pd
+from .faults.helpers import metric_frame, n_segments, wait_for  # noqa: F401  (shared with the fault suite)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,22 +88,10 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=30)
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
 
 
-def n_segments(rdir: Path) -> int:
-    return len(list((rdir / "shards").glob("**/*.h5"))) if (rdir / "shards").exists() else 0
 
 
-def metric_frame(summary: pd.DataFrame) -> pd.DataFrame:
-    """The columns that must be bit-identical however a study was run: metrics, status, ids."""
-    cols = sorted(c for c in summary.columns if "__" in c and not c.startswith("timing")) + ["task_id", "status"]
-    return summary[cols].sort_values("task_id").reset_index(drop=True)
 
 
 def copy_example(name: str, folder: Path) -> Path:
