@@ -37,6 +37,8 @@ from .locking import DirLock
 from .manifest import Manifest, scan_progress
 from .reduce import reduce_results
 from .relay import FoldingEmit
+from .run_messages import report_end as _report_end
+from .run_messages import systematic_failure as _systematic_failure
 from .resultdir import ResultDir, check_trusted, runtime_settings
 from .results import SimulationResult
 from .storage import StorageFullError
@@ -391,7 +393,7 @@ def _drive(config: Study, rd: ResultDir, ex: Any, lock: DirLock, tmp: Any,
     result = SimulationResult(rd.path, red, _tmpdir=tmp)
     systematic = _systematic_failure(rd, red, config.max_errors) if outcome.budget_exceeded else None
     if red is not None:
-        _report_end(emit, rd, red, outcome, advise=systematic is None)
+        _report_end(emit, rd, red, outcome.unfinished, advise=systematic is None)
     if outcome.budget_exceeded:
         if systematic:
             raise SystematicFailureError(systematic)
@@ -401,33 +403,6 @@ def _drive(config: Study, rd: ResultDir, ex: Any, lock: DirLock, tmp: Any,
             f"or `bayesim-hpc status {rd.path}`; fix the cause, then `bayesim-hpc resume {rd.path}`."
         )
     return result
-
-
-_STAGE_OWNER = {"generate": "the data generator", "fit": "the fitter (or the model builder)",
-                "metrics": "the metrics", "diagnostics": "the fitter's draws"}
-
-
-def _systematic_failure(rd: ResultDir, red: Any, max_errors: int | None) -> str | None:
-    """The early-stop message when the run stopped because every task failed the same way."""
-    if red is None or not red.n_failed or (max_errors is not None and red.n_failed > max_errors):
-        return None  # (over max_errors: the error budget stopped the run)
-    from .reduce import read_summary
-
-    s = read_summary(rd.summary, columns=["task_id", "status", "error_type", "error_stage", "error_message"])
-    failed = s[s["status"] == "failed"]
-    kinds = failed.groupby(["error_stage", "error_type"]).size().sort_values(ascending=False)
-    (stage, etype), n = kinds.index[0], int(kinds.iloc[0])
-    first = failed[(failed["error_stage"] == stage) & (failed["error_type"] == etype)].iloc[0]
-    message = (first["error_message"] or "").strip().splitlines()
-    return (f"stopped early: the first {n} task(s) all failed in {stage} with {etype}: "
-            f"{message[-1] if message else ''}\n"
-            f"  This is a bug, not bad luck: resume cannot fix code. See one task fail with its traceback:\n"
-            f"    bayesim-hpc replay {rd.path} {first['task_id']}\n"
-            f"  Fix {_STAGE_OWNER.get(stage, 'the code')}, then run the study file again "
-            + ("with --force (nothing succeeded, so nothing is lost)" if not red.n_success else
-               f"into a new result directory (or with --force, which moves the {red.n_success} finished tasks aside)")
-            + ". To run every task anyway: --keep-going "
-            "(Python: keep_going=True, or stop_on_systematic_failure=None in simulation_config).")
 
 
 #: After a Ctrl-C, keep SIGINT ignored (the command line sets this: it is about to report and
@@ -472,24 +447,6 @@ def _remove_new_study(rd: ResultDir) -> None:
         p.unlink(missing_ok=True)
     for d in (rd.shards_dir, rd.logs):
         shutil.rmtree(d, ignore_errors=True)
-
-
-def _report_end(emit: Callable[[str], None], rd: ResultDir, red: Any, outcome: RunOutcome, advise: bool = True) -> None:
-    msg = (f"bayesim-hpc: {red.n_success} succeeded, {red.n_failed} failed, {red.n_missing} missing "
-           f"of {red.n_tasks} tasks; summary in {rd.summary}")
-    emit(msg)
-    for sid, why in sorted(outcome.unfinished.items())[:10]:
-        emit(f"  shard {sid}: {why}")
-    if not advise:
-        return
-    if red.n_failed:
-        emit(f"  failed tasks, with their errors: bayesim-hpc status {rd.path}; one with its traceback: "
-             f"bayesim-hpc replay {rd.path} TASK_ID")
-    if red.n_missing:
-        emit(f"  to finish: bayesim-hpc resume {rd.path}    (Python: resume_simulation({str(rd.path)!r}))")
-    elif red.n_failed:
-        emit(f"  resume re-runs failed tasks ({'bayesim-hpc resume ' + str(rd.path)}): that helps when the cause "
-             "was outside the code (a lost node, memory, a time limit); a bug needs the code fixed first")
 
 
 def resume_simulation(path: str | Path, executor: str | Any | None = None, **kwargs: Any) -> SimulationResult:

@@ -26,7 +26,8 @@ LAYERS: list[tuple[str, ...]] = [
     # the result directory and the readers of what workers wrote
     ("resultdir", "extend", "reduce", "aggregate", "compare", "manifest", "checkpoints", "planning"),
     # what runs on a compute node, and what reads the results
-    ("worker", "results", "report", "report_plots", "export", "preflight", "recompute", "adaptive"),
+    ("worker", "results", "report", "report_plots", "export", "preflight", "recompute", "adaptive",
+     "run_messages"),
     # where tasks run
     ("executors",),
     # progress as the segments and the scheduler tell it
