@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from .diagnostics import RHAT_THRESHOLD
 
 __all__ = ["nested_loop_figure", "zip_figure", "ecdf_figure", "histogram_figure", "cell_label"]
 
@@ -188,14 +190,19 @@ def zip_figure(summary: pd.DataFrame, cells: pd.DataFrame, metric: str, params: 
             if nominal is not None:
                 ax.axhline(nominal * 100, color="grey", ls="--", lw=0.8)
             ax.set_ylim(0, 100)
-            row = records(cells[(cells["data_idx"] == d) & (cells["fit_idx"] == f)])[0]
-            ax.set_title(f"{cell_label(row, 'data')}\n{cell_label(row, 'fit')}", fontsize=6)
-            ax.tick_params(labelsize=6)
-            if j == 0:
-                ax.set_ylabel(f"{p}\ncentile of |z|", fontsize=7)
+            _label_cell_panel(ax, cells, d, f, f"{p}\ncentile of |z|" if j == 0 else None)
             n_points += int(z.size)
     fig.suptitle(f"Zip plots of {metric}: intervals minus truth, ranked; red = misses the truth", fontsize=10)
     return _encode(fig), n_points
+
+
+def _label_cell_panel(ax: Any, cells: pd.DataFrame, d: int, f: int, ylabel: str | None) -> None:
+    """Title a per-cell panel with the cell's grid values; the first panel of a row gets ``ylabel``."""
+    row = records(cells[(cells["data_idx"] == d) & (cells["fit_idx"] == f)])[0]
+    ax.set_title(f"{cell_label(row, 'data')}\n{cell_label(row, 'fit')}", fontsize=6)
+    ax.tick_params(labelsize=6)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel, fontsize=7)
 
 
 def ecdf_figure(summary: pd.DataFrame, cells: pd.DataFrame, metric: str, params: Sequence[str]) -> tuple[str, int]:
@@ -221,18 +228,14 @@ def ecdf_figure(summary: pd.DataFrame, cells: pd.DataFrame, metric: str, params:
             out = (e["diff"] < e["lower"]) | (e["diff"] > e["upper"])
             ax.step(e["z"], e["diff"], where="mid", color="#d62728" if out.any() else "#1f77b4", lw=1)
             ax.axhline(0, color="k", lw=0.5)
-            row = records(cells[(cells["data_idx"] == d) & (cells["fit_idx"] == f)])[0]
-            ax.set_title(f"{cell_label(row, 'data')}\n{cell_label(row, 'fit')}", fontsize=6)
-            ax.tick_params(labelsize=6)
-            if j == 0:
-                ax.set_ylabel(f"{p}\nECDF - uniform", fontsize=7)
+            _label_cell_panel(ax, cells, d, f, f"{p}\nECDF - uniform" if j == 0 else None)
             n_points += int(r.size)
     fig.suptitle(f"SBC ({metric}): ECDF difference with simultaneous 95 % band; red leaves the band", fontsize=10)
     return _encode(fig), n_points
 
 
 def histogram_figure(columns: dict[str, np.ndarray], title: str) -> tuple[str, int]:
-    """Histograms of diagnostics (a red line at R-hat 1.01)."""
+    """Histograms of diagnostics (a red line at the R-hat threshold, 1.01)."""
     fig, axes = _panel_grid(1, len(columns), w=4.0, h=3.0)
     n = 0
     for ax, (name, x) in zip(axes[0], columns.items()):
@@ -240,7 +243,7 @@ def histogram_figure(columns: dict[str, np.ndarray], title: str) -> tuple[str, i
         ax.hist(x, bins=30, color="#1f77b4")
         ax.set_title(name, fontsize=9)
         if name == "rhat_max":
-            ax.axvline(1.01, color="red", ls="--", lw=1)
+            ax.axvline(RHAT_THRESHOLD, color="red", ls="--", lw=1)
         n += x.size
     fig.suptitle(title, fontsize=10)
     return _encode(fig), n
