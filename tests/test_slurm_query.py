@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from bayesim_hpc.executors import slurm_query as sq
+from bayesim_hpc.executors import slurm_retry
 
 # sacct --name qa -X -P -n -S now-30days -j 5,8,6,7 --format JobID,State,ExitCode,Reason,JobName
 # array 5 = --array=0-9%2 (elements 2-9 still pending/throttled), array 8 = held, 6 = exit 3, 7 = scancel
@@ -71,7 +72,8 @@ def _fresh_state(monkeypatch, tmp_path):
     monkeypatch.setenv("SLURM_CONF", str(conf))
     sq.reset_backend_cache()
     sq.reset_call_counts()
-    yield
+    with slurm_retry.retry_policy(slurm_retry.RetryPolicy(attempts=3, sleep=lambda s: None)):
+        yield
     sq.reset_backend_cache()
     sq.reset_call_counts()
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import getpass
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,7 +35,7 @@ import numpy as np
 from .. import planning
 from ..manifest import Manifest, scan_progress, set_shard
 from ..resultdir import ResultDir
-from . import slurm_limits
+from . import slurm_clusters, slurm_limits, slurm_nodes, slurm_retry
 from . import slurm_query as sq
 from .base import RunContext, RunOutcome
 from .slurm_job import MAX_SELF_REQUEUES, read_done_record, run_element
@@ -72,6 +73,9 @@ class SlurmExecutor:
         compile_dir: node-local PyTensor compile cache; ``$SLURM_JOB_ID`` is appended.
         settle_s: how long PREEMPTED/NODE_FAIL must last before resubmitting (default
             ``max(30, 2 * poll_min_interval)``). tick: seconds between file checks.
+        clusters: ``--clusters`` for every Slurm call (profile ``clusters``; ``slurm_clusters``).
+        retry: how transient scheduler errors are retried (profile ``retry``; ``slurm_retry``).
+        bad_nodes: when a node is excluded (profile ``bad_nodes``; ``slurm_nodes``).
     """
 
     name = "slurm"
@@ -85,7 +89,9 @@ class SlurmExecutor:
                  settle_s: float | None = None, tick: float = 1.0,
                  resources: Callable[[dict, dict], dict | None] | None = None, plan: str = "time",
                  target_element_min: float | None = None, task_seconds: Any = None, startup_s: float | None = None,
-                 pilot_tasks: int | None = None, escalate: dict[str, Any] | None = None):
+                 pilot_tasks: int | None = None, escalate: dict[str, Any] | None = None,
+                 clusters: str | list[str] | None = None, retry: dict[str, Any] | None = None,
+                 bad_nodes: dict[str, Any] | bool | None = None):
         self.parallelism = int(workers or 32)
         if self.parallelism < 1:
             raise ValueError("workers must be >= 1")
@@ -127,6 +133,9 @@ class SlurmExecutor:
         self.poll_min_interval = float(poll_min_interval)
         self.settle_s = float(settle_s) if settle_s is not None else max(30.0, 2 * self.poll_min_interval)
         self.tick = float(tick)
+        self.clusters = slurm_clusters.normalise(pick(clusters, "clusters"))
+        self.retry = slurm_retry.RetryPolicy.from_profile({**(prof.get("retry") or {}), **(retry or {})})
+        self.bad_nodes = slurm_nodes.BadNodeRules.from_profile(pick(bad_nodes, "bad_nodes"))
         self.submitter: Submitter | None = None
         self._pilot_cache: tuple | None = None
 
@@ -143,8 +152,12 @@ class SlurmExecutor:
         # to ~30 s earlier than asked: it checks time limits every 30 s)
         return 90 if res.time_min >= 15 else max(5, int(res.time_min * 6))
 
-    def sbatch_parameters(self, name: str, n: int, res: Resources | None = None) -> dict[str, Any]:
-        """submitit's SlurmExecutor parameters for an array of ``n`` elements (native names)."""
+    def sbatch_parameters(self, name: str, n: int, res: Resources | None = None,
+                          exclude: str | None = None) -> dict[str, Any]:
+        """submitit's SlurmExecutor parameters for an array of ``n`` elements (native names).
+
+        ``exclude``: the study's bad nodes (``--exclude``), from the manifest (``slurm_nodes``).
+        """
         res = res or self.base
         setup = ["export HDF5_USE_FILE_LOCKING=${HDF5_USE_FILE_LOCKING:-FALSE}", "export PYTHONUNBUFFERED=1"]
         setup += list(self.setup)
@@ -162,7 +175,7 @@ class SlurmExecutor:
             "setup": setup, "additional_parameters": dict(self.additional),
         }
         for key, value in (("partition", res.partition), ("account", res.account), ("qos", res.qos),
-                           ("mem", res.mem)):
+                           ("mem", res.mem), ("exclude", exclude)):
             if value is not None:
                 params[key] = value
         return params
@@ -172,8 +185,9 @@ class SlurmExecutor:
 
     def _submitter(self, rd: ResultDir, name: str) -> Submitter:
         if self.submitter is None or self.submitter.folder != self._folder(rd):
-            self.submitter = Submitter(self._folder(rd), lambda res, n: self.sbatch_parameters(name, n, res),
-                                       self.python, self.max_attempts)
+            manifest = Manifest(rd)
+            self.submitter = Submitter(self._folder(rd), lambda res, n: self.sbatch_parameters(
+                name, n, res, exclude=slurm_nodes.exclude_option(manifest.read())), self.python, self.max_attempts)
         return self.submitter
 
     def render_script(self, rd: ResultDir, name: str, n: int, res: Resources | None = None) -> str:
@@ -297,6 +311,12 @@ class SlurmExecutor:
         return out
 
     def run(self, ctx: RunContext) -> RunOutcome:
+        """Run (or dry-run) the study, every Slurm call with the profile's clusters and retry policy."""
+        policy = replace(self.retry, notify=ctx.emit)
+        with slurm_clusters.using(self.clusters), slurm_retry.retry_policy(policy):
+            return self._run(ctx)
+
+    def _run(self, ctx: RunContext) -> RunOutcome:
         rd = ctx.rd
         name = job_name(rd)
         attempts = self._attempts(ctx)
@@ -352,8 +372,20 @@ class SlurmExecutor:
         settings = MonitorSettings(max_attempts=self.max_attempts, poll_min_interval=self.poll_min_interval,
                                    settle_s=self.settle_s, tick=self.tick, escalation=self.escalation,
                                    max_errors=ctx.study.max_errors)
+        def check_nodes() -> None:
+            ids = sorted({str(s["job_id"]) for s in ctx.manifest.read().get("submissions", [])
+                          if s.get("executor") == "slurm" and s.get("job_id")}, key=int)
+            parts = {r.partition for r in [self.base, *(mon.resources.values())] if r is not None}
+            new, held = slurm_nodes.update(ctx.manifest, ids, parts, self.bad_nodes)
+            for node, why in new.items():
+                ctx.emit(f"slurm: excluding node {node} from this study's later submissions: {why} "
+                         f"(`bayesim-hpc nodes {rd.path} --clear` takes it off)")
+            for node, why in held.items():
+                ctx.emit(f"slurm: node {node} looks bad ({why})")
+
         mon = Monitor(ctx, name, adopted, settings, folder=folder, waiting=todo, submit=submit, plan=plan,
                       room=room, missing=lambda sid: self._missing(ctx, sid),
+                      check_nodes=check_nodes if self.bad_nodes.enabled else None,
                       done_record=lambda job_id: read_done_record(rd.path.resolve(), job_id),
                       record_failed=lambda sid, cause, why: self._record_failed(ctx, sid, cause, why))
         if self.detach:
@@ -419,6 +451,17 @@ class SlurmExecutor:
                 ctx.emit(line)
         if limits is not None:
             ctx.emit(f"scheduler limits: {limits.describe()}")
+        if self.clusters:
+            ctx.emit(f"clusters: every Slurm call carries --clusters={self.clusters} (profile key clusters)")
+        bad = slurm_nodes.excluded(ctx.manifest.read())
+        if bad:
+            ctx.emit(f"excluded nodes (--exclude={','.join(sorted(bad))}; `bayesim-hpc nodes {ctx.rd.path} --clear` "
+                     "takes them off):")
+            for node, info in sorted(bad.items()):
+                ctx.emit(f"  {node}: {info.get('why', '')}")
+        ctx.emit(f"transient scheduler errors: up to {self.retry.attempts} calls within {self.retry.max_wait_s:.0f} s "
+                 "(profile key retry); sbatch also gets --comment=bayesim:<token> to find a submission after an "
+                 "ambiguous failure")
         classes: dict[Any, list[Pack]] = {}
         for p in packs:
             classes.setdefault(p.resources, []).append(p)
@@ -463,13 +506,21 @@ class SlurmExecutor:
         return f"{space.task_id(int(idx[0]))} .. {space.task_id(int(idx[-1]))}, {len(idx)} tasks"
 
     # ----------------------------------------------------------------------------- status / cancel
+    @staticmethod
+    def recorded_clusters(manifest: dict) -> str | None:
+        """The clusters the study's jobs were submitted to (submission records), or None."""
+        names = [c for s in manifest.get("submissions", []) for c in str(s.get("clusters") or "").split(",") if c]
+        return ",".join(dict.fromkeys(names)) or None
+
     def live_states(self, rd: ResultDir | str | Path) -> dict[int, dict]:
         """shard -> {"state", "reason", "job_id"} of each shard's latest element, in one scheduler query."""
         rd = rd if isinstance(rd, ResultDir) else ResultDir(rd)
-        subs = [s for s in Manifest(rd).read().get("submissions", []) if s.get("executor") == "slurm" and s.get("job_id")]
+        m = Manifest(rd).read()
+        subs = [s for s in m.get("submissions", []) if s.get("executor") == "slurm" and s.get("job_id")]
         if not subs:
             return {}
-        states = sq.query_jobs(job_name(rd), job_ids=sorted({str(s["job_id"]) for s in subs}, key=int))
+        with slurm_clusters.using(self.clusters or self.recorded_clusters(m)):
+            states = sq.query_jobs(job_name(rd), job_ids=sorted({str(s["job_id"]) for s in subs}, key=int))
         by_id = {s.job_id: s for s in states}
         out: dict[int, dict] = {}
         for sub in sorted(subs, key=lambda s: int(s["job_id"])):
@@ -503,17 +554,18 @@ class SlurmExecutor:
         """Cancel every job of the study (recorded or not); returns the job ids scancel was given."""
         rd = rd if isinstance(rd, ResultDir) else ResultDir(rd)
         name = job_name(rd)
-        ids = {str(s["job_id"]) for s in Manifest(rd).read().get("submissions", [])
-               if s.get("executor") == "slurm" and s.get("job_id")}
-        try:
-            live = [s for s in sq.query_jobs(name, use_sacct=False) if s.state in LIVE]
-        except sq.SlurmCommandError:
-            live = []
-        ids |= {s.array_job_id or s.job_id for s in live}
-        if not ids:
-            return []
-        ordered = sorted(ids, key=int)
-        sq.cancel_jobs(ordered)
+        m = Manifest(rd).read()
+        ids = {str(s["job_id"]) for s in m.get("submissions", []) if s.get("executor") == "slurm" and s.get("job_id")}
+        with slurm_clusters.using(self.clusters or self.recorded_clusters(m)):
+            try:
+                live = [s for s in sq.query_jobs(name, use_sacct=False) if s.state in LIVE]
+            except sq.SlurmCommandError:
+                live = []
+            ids |= {s.array_job_id or s.job_id for s in live}
+            if not ids:
+                return []
+            ordered = sorted(ids, key=int)
+            sq.cancel_jobs(ordered)
         shards = self._shards_of(rd, live)
         if shards:
             Manifest(rd).update(lambda d: [set_shard(d, s, state="CANCELLED", reason="cancelled by bayesim-hpc cancel")

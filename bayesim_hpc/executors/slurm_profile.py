@@ -31,7 +31,7 @@ __all__ = ["Escalation", "Resources", "ResourceRules", "TEMPLATES_DIR", "load_pr
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "slurm_templates"
 PROFILE_KEYS = {"partition", "account", "qos", "time", "mem_gb", "mem", "cpus_per_task", "setup", "additional",
                 "signal_delay_s", "python", "compile_dir", "rules", "escalate", "target_element_min",
-                "startup_s", "task_seconds", "pilot_tasks"}
+                "startup_s", "task_seconds", "pilot_tasks", "retry", "clusters", "bad_nodes"}
 _ESCALATE_KEYS = {"mem_factor", "mem_max_gb", "time_factor", "time_max", "max_escalations"}
 _RULE_KEYS = {"match", "time", "mem_gb", "mem", "cpus_per_task", "partition", "qos"}
 
@@ -58,7 +58,8 @@ def load_profile(profile: str | os.PathLike | None) -> dict[str, Any]:
     Keys: partition, account, qos, time (minutes), mem_gb (or mem), cpus_per_task, setup
     (shell lines), additional (extra sbatch options), signal_delay_s, python, compile_dir,
     rules (per-cell resources), escalate (OOM/TIMEOUT factors and caps), target_element_min,
-    startup_s, task_seconds, pilot_tasks (planning).
+    startup_s, task_seconds, pilot_tasks (planning), retry (transient scheduler errors:
+    ``slurm_retry.RetryPolicy``), clusters (``--clusters``), bad_nodes (``slurm_nodes``).
     """
     if profile is None:
         return {}
@@ -78,6 +79,10 @@ def load_profile(profile: str | os.PathLike | None) -> dict[str, Any]:
     esc = data.get("escalate")
     if esc is not None and (not isinstance(esc, dict) or set(esc) - _ESCALATE_KEYS):
         raise ValueError(f"{path}: 'escalate' must be a mapping with keys from {sorted(_ESCALATE_KEYS)}")
+    if data.get("retry") is not None and not isinstance(data["retry"], dict):
+        raise ValueError(f"{path}: 'retry' must be a mapping like {{attempts: 8, max_wait_s: 300}}")
+    if data.get("bad_nodes") not in (None, False) and not isinstance(data["bad_nodes"], dict):
+        raise ValueError(f"{path}: 'bad_nodes' must be false or a mapping like {{node_fail: 2, same_error: 2}}")
     rules = data.get("rules")
     if rules is not None:
         if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):

@@ -40,6 +40,9 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from ..errors import BayesimError
+from . import slurm_clusters, slurm_retry
+
 __all__ = [
     "LOST_STATES",
     "STATES",
@@ -50,6 +53,9 @@ __all__ = [
     "Poller",
     "Runner",
     "SlurmCommandError",
+    "SlurmRejectedError",
+    "SlurmUnavailableError",
+    "SubmitLimitError",
     "array_spec",
     "call_counts",
     "cancel_jobs",
@@ -84,8 +90,11 @@ _DELIM = "|"
 # --------------------------------------------------------------------------------------------- errors
 
 
-class SlurmCommandError(RuntimeError):
-    """A Slurm command could not be run or failed. Keeps the command line and its output."""
+class SlurmCommandError(BayesimError, RuntimeError):
+    """A Slurm command could not be run or failed. Keeps the command line and its output.
+
+    ``returncode`` is the command's exit status; ``exit_code`` the command line's (1).
+    """
 
     def __init__(self, message: str, *, cmd: Sequence[str] = (), returncode: int | None = None,
                  stdout: str = "", stderr: str = ""):
@@ -96,6 +105,32 @@ class SlurmCommandError(RuntimeError):
 
 class AccountingDisabledError(SlurmCommandError):
     """``sacct`` says the cluster keeps no accounting (no slurmdbd): use ``squeue`` instead."""
+
+
+class SlurmRejectedError(SlurmCommandError):
+    """Slurm refused the request itself (not a passing outage): retrying cannot help.
+
+    ``option`` is the sbatch option to blame (``--account``), ``value`` what was asked, ``fix``
+    what to change. Example message: ``sbatch rejected --qos=gold: this QOS is not allowed for
+    your account/partition (Slurm: Invalid qos specification). Fix: set `qos:` ...``.
+    """
+
+    def __init__(self, what: str, *, option: str, value: object, problem: str, fix: str,
+                 cmd: Sequence[str] = (), returncode: int | None = None, stdout: str = "", stderr: str = ""):
+        self.option, self.value, self.problem, self.fix = option, value, problem, fix
+        said = ((stderr or stdout).strip().splitlines() or [""])[-1]
+        shown = f"{option}={value}" if value not in (None, "") else option
+        RuntimeError.__init__(self, f"{what} rejected {shown}: {problem} (Slurm: {said}). Fix: {fix}")
+        self.cmd, self.returncode, self.stdout, self.stderr = list(cmd), returncode, stdout, stderr
+
+
+class SubmitLimitError(SlurmRejectedError):
+    """sbatch was refused by a submit limit (``AssocMaxSubmitJobLimit``...): not retried; the
+    study's waves submit the rest when there is room."""
+
+
+class SlurmUnavailableError(SlurmCommandError):
+    """A Slurm command kept failing transiently (controller unreachable) past the retry policy."""
 
 
 # --------------------------------------------------------------------------------------------- states
@@ -132,6 +167,7 @@ class CallCounts:
     cancel: int = 0
     config: int = 0
     requeue: int = 0
+    retries: int = 0  # calls repeated after a transient failure (included in the counts above)
 
     @property
     def total(self) -> int:
@@ -165,25 +201,54 @@ def record_submit(n: int = 1) -> None:
     _count("submit", n)
 
 
-def _run(kind: str, cmd: list[str], run: Runner, timeout: float | None) -> subprocess.CompletedProcess[str]:
-    """Run one Slurm command, counting it. Raises SlurmCommandError if it cannot be started."""
-    _count(kind)
-    try:
+def _run(kind: str, cmd: list[str], run: Runner, timeout: float | None,
+         before_retry: Callable[[], subprocess.CompletedProcess[str] | None] | None = None,
+         ) -> subprocess.CompletedProcess[str]:
+    """Run one Slurm command, counting it, retrying transient failures (``slurm_retry``).
+
+    The command gets ``--clusters`` when the process has them set (``slurm_clusters``), and the
+    ``CLUSTER: name`` lines that adds are taken out of its output. Raises SlurmCommandError if
+    it cannot be started, SlurmUnavailableError if it still times out (or fails transiently)
+    after the retry policy's cap.
+    """
+    calls = 0
+    cmd = slurm_clusters.with_clusters(cmd)
+
+    def once() -> subprocess.CompletedProcess[str]:
+        nonlocal calls
+        calls += 1
+        _count(kind)
+        if calls > 1:
+            _count("retries")
         return run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+    try:
+        proc = slurm_retry.run_retrying(once, what=" ".join(cmd[:2]), before_retry=before_retry)
     except FileNotFoundError as e:
         raise SlurmCommandError(f"{cmd[0]} not found (is Slurm installed and on PATH?)", cmd=cmd) from e
     except subprocess.TimeoutExpired as e:
-        raise SlurmCommandError(f"{cmd[0]} did not answer within {timeout} s", cmd=cmd) from e
+        raise SlurmUnavailableError(f"{cmd[0]} did not answer within {timeout} s ({calls} call(s))", cmd=cmd) from e
+    if proc.returncode != 0 and slurm_retry.classify(f"{proc.stderr}\n{proc.stdout}").kind == "transient":
+        raise SlurmUnavailableError(f"{cmd[0]} kept failing ({calls} call(s); see the profile's retry:)", cmd=cmd,
+                                    returncode=proc.returncode, stdout=proc.stdout or "", stderr=proc.stderr or "")
+    if slurm_clusters.current() and proc.stdout and "CLUSTER:" in proc.stdout:
+        proc = subprocess.CompletedProcess(proc.args, proc.returncode, slurm_clusters.strip_headers(proc.stdout),
+                                           proc.stderr)
+    return proc
 
 
 def run_command(kind: str, cmd: list[str], *, run: Runner = subprocess.run,
-                timeout: float | None = DEFAULT_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+                timeout: float | None = DEFAULT_TIMEOUT_S,
+                before_retry: Callable[[], subprocess.CompletedProcess[str] | None] | None = None,
+                ) -> subprocess.CompletedProcess[str]:
     """Run one Slurm command counted under ``kind`` (submit/query/cancel/config/requeue).
 
-    Raises :class:`SlurmCommandError` if it cannot be started or does not answer in time; a
-    non-zero exit status is left to the caller.
+    Transient failures are retried (``slurm_retry``; ``before_retry()`` may end the retrying
+    with a result of its own). Raises :class:`SlurmCommandError` if it cannot be started,
+    :class:`SlurmUnavailableError` if it does not answer in time even so; any other non-zero
+    exit status is left to the caller.
     """
-    return _run(kind, cmd, run, timeout)
+    return _run(kind, cmd, run, timeout, before_retry)
 
 
 def _failed(proc: subprocess.CompletedProcess[str], cmd: list[str], what: str) -> SlurmCommandError:

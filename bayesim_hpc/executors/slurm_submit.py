@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..resultdir import ResultDir
+from . import slurm_clusters
 from . import slurm_query as sq
 from .base import RunContext
 from .slurm_job import run_element
 from .slurm_limits import LIMIT_REFUSED
+from .slurm_sbatch import sbatch_via_bayesim
 
 __all__ = ["Elem", "LIVE", "Pack", "Submitter", "adopt", "element_shards", "job_name", "sub_update"]
 
@@ -163,13 +165,25 @@ class Submitter:
                        "resources": getattr(res, "label", lambda: None)(),
                        "resources_raw": _res_dict(res),
                        "predicted_s": [p.predicted_s for p in chosen], "time": time.time()}
+                if slurm_clusters.current():
+                    rec["clusters"] = slurm_clusters.current()  # status and cancel ask the same clusters
                 ctx.manifest.update(lambda d, r=rec: d.setdefault("submissions", []).append(r))
                 ex = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=0, python=self.python)
-                ex.update_parameters(**self.params_of(res, n))
+                params = self.params_of(res, n)
+                ex.update_parameters(**params)
                 try:
-                    jobs = ex.map_array(run_element, [str(ctx.rd.path.resolve())] * n, [p.shards for p in chosen],
-                                        [[attempts[s] for s in p.shards] for p in chosen], [ctx.retry_failed] * n,
-                                        [self.max_attempts] * n, [extra] * n)
+                    with sbatch_via_bayesim(name=name, token=token, values=_option_values(params)):
+                        jobs = ex.map_array(run_element, [str(ctx.rd.path.resolve())] * n,
+                                            [p.shards for p in chosen], [[attempts[s] for s in p.shards] for p in chosen],
+                                            [ctx.retry_failed] * n, [self.max_attempts] * n, [extra] * n)
+                except sq.SlurmRejectedError as exc:
+                    err = str(exc)[:2000]
+                    ctx.manifest.update(lambda d, t=token, m=err: sub_update(d, t, error=m))
+                    if isinstance(exc, sq.SubmitLimitError):  # the rest waits for room
+                        ctx.emit(f"slurm: sbatch refused by a submit limit ({((exc.stderr or str(exc)).strip().splitlines() or [''])[-1]}); "
+                                 f"{len(flat)} shard(s) wait")
+                        return elems
+                    raise
                 except Exception as exc:
                     err = str(exc)[:2000]
                     ctx.manifest.update(lambda d, t=token, m=err: sub_update(d, t, error=m))
@@ -178,8 +192,6 @@ class Submitter:
                                  f"{len(flat)} shard(s) wait")
                         return elems
                     raise sq.SlurmCommandError(f"sbatch failed for shards {flat[0]}..{flat[-1]}: {exc}") from exc
-                finally:
-                    sq.record_submit()
                 element_ids = [j.job_id for j in jobs]
                 array_id = element_ids[0].split("_")[0]
                 self.record_submitted(ctx, token, array_id, element_ids)
@@ -196,6 +208,16 @@ class Submitter:
         """Right after sbatch: put the job id into the submission record (the crash test breaks this)."""
         ctx.manifest.update(lambda d: sub_update(d, token, job_id=array_id, elements=element_ids,
                                                  submitted=time.time()))
+
+
+def _option_values(params: dict[str, Any]) -> dict[str, Any]:
+    """sbatch option -> value asked, from submitit's parameters (to name them in errors)."""
+    names = {"account": "--account", "partition": "--partition", "qos": "--qos", "time": "--time", "mem": "--mem",
+             "cpus_per_task": "--cpus-per-task", "exclude": "--exclude"}
+    out = {opt: params[k] for k, opt in names.items() if params.get(k) is not None}
+    for k, v in (params.get("additional_parameters") or {}).items():
+        out["--" + k.replace("_", "-")] = v
+    return out
 
 
 def _res_dict(res: Any) -> dict | None:

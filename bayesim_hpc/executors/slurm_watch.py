@@ -95,13 +95,16 @@ class Monitor:
                  missing: Callable[[int], int] | None = None, progress: Callable[[int], dict] | None = None,
                  done_record: Callable[[str], dict | None] = lambda job_id: None,
                  history: Callable[[list[str]], dict[str, list[tuple[str, str]]]] = sq.job_history,
-                 record_failed: Callable[[int, str, str], bool] = lambda sid, cause, why: False):
+                 record_failed: Callable[[int, str, str], bool] = lambda sid, cause, why: False,
+                 check_nodes: Callable[[], Any] | None = None):
         self.ctx, self.name, self.s, self.folder = ctx, name, settings, folder
         self.query, self.cancel, self.submit_fn, self.plan_fn, self.room = query, cancel, submit, plan, room
         self.sleep, self.clock = sleep, clock
         self.missing = missing or (lambda sid: 0)
         self.progress_of = progress or ctx.shard_progress
         self.done_record, self.record_failed, self.history = done_record, record_failed, history
+        self.check_nodes = check_nodes
+        self.nodes_due = False  # an element failed or lost its node: look for bad nodes before resubmitting
         self.active: dict[str, Elem] = {e.job_id: e for e in elems}
         self.submits: dict[int, int] = {s: 1 for e in elems for s in e.open}
         self.resources: dict[int, Any] = {s: e.resources for e in elems for s in e.shards}
@@ -277,6 +280,8 @@ class Monitor:
         ended = [(st, node) for st, node in runs if st in sq.TERMINAL_STATES or st == "REQUEUED"]
         if ended:
             state, node = ended[-1]
+            if state in ("NODE_FAIL", "FAILED"):
+                self.nodes_due = True
             why = f"{state.lower().replace('_', ' ')} on node {node or '?'}; Slurm requeued job {e.job_id} itself"
         else:
             state, why = "REQUEUED", f"job {e.job_id} was requeued (cause unknown: no accounting history)"
@@ -298,6 +303,8 @@ class Monitor:
               exit_code: int | None) -> None:
         """An element ended: complete its done shards, decide for the others."""
         self._close(e)
+        if state in ("NODE_FAIL", "FAILED"):
+            self.nodes_due = True
         rec = self.done_record(e.job_id)
         if rec and rec.get("started") and rec.get("ended"):
             self.elapsed[e.job_id] = float(rec["ended"]) - float(rec["started"])
@@ -457,6 +464,9 @@ class Monitor:
         self.finished = []
         if trouble:
             self.poller.reset()
+        if self.nodes_due and self.check_nodes is not None:
+            self.nodes_due = False
+            self.check_nodes()  # before resubmitting: later submissions carry --exclude
         self.submit_waiting(changes)
         if changes:
             self.ctx.mark_many(changes)
