@@ -483,5 +483,40 @@ def replay(result_dir, task_id, use_pdb) -> None:
     sys.exit(EXIT_OK if rec.status == "success" else EXIT_ERROR)
 
 
+@main.command()
+@click.argument("result_dir", type=click.Path(file_okay=False))
+@click.option("--clear", is_flag=True, help="Take nodes off the list (all, or those named with --node).")
+@click.option("--node", "nodes", multiple=True, metavar="NAME", help="With --clear: only this node (repeatable).")
+@handle_errors
+def nodes(result_dir, clear, nodes) -> None:
+    """List the Slurm nodes this study excludes (and why), or clear the list.
+
+    A node is excluded after its elements ended NODE_FAIL, or failed there the same way while
+    succeeding elsewhere; later submissions (resubmissions, waves, resume) get --exclude.
+    """
+    from .executors import slurm_nodes
+    from .manifest import Manifest
+    from .resultdir import ResultDir
+
+    rd = ResultDir(result_dir)
+    if not rd.exists():
+        raise FileNotFoundError(f"{result_dir} is not a bayesim-hpc result directory")
+    if nodes and not clear:
+        raise click.UsageError("--node goes with --clear (e.g. `bayesim-hpc nodes DIR --clear --node n3`)")
+    manifest = Manifest(rd)
+    if clear:
+        gone = slurm_nodes.clear(manifest, list(nodes) or None)
+        unknown = sorted(set(nodes) - set(gone))
+        click.echo(f"cleared {len(gone)} node(s): {' '.join(gone) or '-'}"
+                   + (f"; not on the list: {' '.join(unknown)}" if unknown else ""))
+        return
+    excluded = slurm_nodes.excluded(manifest.read())
+    if not excluded:
+        click.echo("no node is excluded")
+        return
+    for node, info in sorted(excluded.items()):
+        click.echo(f"{node}: {info.get('why', '')}")
+
+
 if __name__ == "__main__":
     main()

@@ -56,6 +56,8 @@ class StudyStatus:
     foreign: list[dict[str, str]] = field(default_factory=list)
     unreadable: list[dict[str, str]] = field(default_factory=list)
     driver_note: str = ""  # e.g. a stale lock whose process is gone
+    #: Slurm nodes this study no longer submits to: node -> {"why", "since"} (executors.slurm_nodes)
+    excluded_nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -90,6 +92,12 @@ class StudyStatus:
             lines.append(f"  rate: {self.rate_per_s:.2f} tasks/s, ETA {format_duration(self.eta_seconds)}")
         if self.scheduler_note:
             lines.append(f"  scheduler: {self.scheduler_note}")
+        if self.excluded_nodes:
+            lines.append(f"  excluded nodes (later submissions get --exclude; `bayesim-hpc nodes {self.path} --clear` "
+                         "takes them off):")
+            for node, info in sorted(self.excluded_nodes.items()):
+                since = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.get("since", 0)))
+                lines.append(f"    {node}: {info.get('why', '')} (since {since})")
         for c in self.corrupt:
             lines.append(f"  DAMAGED segment {c['segment']}: {c['error']} (its tasks count as pending; resume re-runs them)")
         for c in self.foreign:
@@ -297,5 +305,5 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
         failures=failures, scheduler_note=note, driver_note=driver_note,
         foreign=[{"segment": seg, "error": e} for seg, e in win.foreign],
         unreadable=[{"segment": seg, "error": e} for seg, e in win.unreadable],
-        elements=elements,
+        elements=elements, excluded_nodes=dict(manifest.get("excluded_nodes") or {}),
     )

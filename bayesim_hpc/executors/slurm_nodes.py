@@ -34,7 +34,7 @@ from typing import Any
 
 from . import slurm_query as sq
 
-__all__ = ["BadNodeRules", "Run", "cap", "decide", "excluded", "exclude_option", "node_history", "partition_nodes",
+__all__ = ["BadNodeRules", "Run", "cap", "clear", "decide", "excluded", "exclude_option", "node_history", "partition_nodes",
            "update"]
 
 MANIFEST_KEY = "excluded_nodes"

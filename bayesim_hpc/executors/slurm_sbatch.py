@@ -57,7 +57,7 @@ def find_submitted(name: str, token: str, *, run: sq.Runner = subprocess.run) ->
                                    stdout=proc.stdout or "", stderr=proc.stderr or "")
     want = COMMENT_PREFIX + token
     for line in (proc.stdout or "").splitlines():
-        jid, _, comment = line.strip().partition("|")
+        jid, comment = (line.strip().split("|") + [""])[:2]
         if comment.strip() == want and jid.strip().isdigit():
             return jid.strip()
     return None

@@ -1,0 +1,140 @@
+"""Real-cluster checks of issue 19 items 1, 2 and 4: transient sbatch failures, bad nodes, --clusters.
+
+* A wrapper ``sbatch`` first on PATH submits for real and then exits 1 with "Socket timed
+  out" (the answer lost on the way back), or fails twice before it lets sbatch run: every
+  submission makes exactly one array, the study finishes exactly once.
+* A permanent error (a QOS that does not exist) fails at once, naming the option and value.
+* The node-loss drill twice: the node is excluded and later submissions carry --exclude.
+* ``clusters: localtest``: every call carries --clusters (squeue then prints cluster headers).
+
+Run as root: ``eval "$(scripts/local-slurm.sh env)" && pytest tests/slurm/test_cluster_resilience.py -q``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bayesim_hpc import MockFitter, run_simulation
+from bayesim_hpc.executors import slurm_query as sq
+from bayesim_hpc.executors.slurm import job_name
+from bayesim_hpc.resultdir import ResultDir
+
+from .test_slurm_executor import FAST, _cfg, assert_same, inline, manifest
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
+
+WRAPPER = """#!/bin/bash
+# test wrapper around sbatch: mode submit-then-fail = submit for real, then claim a socket timeout;
+# mode fail-first = the first {n} calls fail (controller unreachable) without submitting
+n=$(cat "{dir}/calls" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "{dir}/calls"
+echo "$*" >> "{dir}/argv"
+if [ "{mode}" = submit-then-fail ]; then
+  {real} "$@" > "{dir}/real-$n.out" 2>&1 || {{ cat "{dir}/real-$n.out" >&2; exit 1; }}
+  echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation" >&2
+  exit 1
+fi
+if [ $n -le {n} ]; then
+  echo "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)" >&2
+  exit 1
+fi
+exec {real} "$@"
+"""
+
+
+def _two_classes(data_spec, fit_spec):
+    """Two resource classes, so a run makes two sbatch calls."""
+    return {"mem_gb": 1 if data_spec["n"] == 50 else 1.5}
+
+
+def _arrays_named(name: str) -> set[str]:
+    out = subprocess.run(["squeue", "--name", name, "-h", "-t", "all", "-o", "%F"], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return set(out)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode, n_fail", [("submit-then-fail", 0), ("fail-first", 2)])
+def test_sbatch_failures_are_retried_without_duplicates(tmp_path, studies, monkeypatch, mode, n_fail):
+    real = shutil.which("sbatch")
+    assert real
+    wrap = tmp_path / "bin"
+    wrap.mkdir()
+    (wrap / "sbatch").write_text(WRAPPER.format(dir=wrap, mode=mode, n=n_fail, real=real))
+    (wrap / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrap}{os.pathsep}{os.environ['PATH']}")
+    cfg_fn = lambda p, **k: _cfg(p, **k)  # noqa: E731
+    ref = inline(cfg_fn, tmp_path)
+    path = tmp_path / "slurm"
+    studies.append(path)
+    lines: list[str] = []
+    res = run_simulation(cfg_fn(path), "slurm", emit=lines.append, resources=_two_classes,
+                         retry={"initial_s": 0.5, "max_delay_s": 2}, **FAST)
+    assert_same(res.summary, ref)  # every task exactly once
+    assert len(res.summary) == 40 and res.summary["task_id"].is_unique
+    subs = [s for s in manifest(path)["submissions"] if s.get("executor") == "slurm"]
+    assert len(subs) == 2 and all(s.get("job_id") for s in subs)
+    calls = int((wrap / "calls").read_text())
+    arrays = _arrays_named(job_name(ResultDir(path)))
+    assert arrays == {str(s["job_id"]) for s in subs}  # one array per submission, nothing else
+    argv = (wrap / "argv").read_text().splitlines()
+    assert all(a.startswith("--comment=bayesim:") for a in argv)
+    if mode == "submit-then-fail":
+        assert calls == 2  # the lost answers were found by their token, never submitted again
+        assert sum("Socket timed out" in line for line in lines) == 2
+    else:
+        assert calls == 2 + n_fail  # the first submission was retried twice, then worked
+        assert sum("Unable to contact slurm controller" in line and "trying again" in line for line in lines) == 2
+
+
+@pytest.mark.timeout(120)
+def test_unknown_qos_fails_at_once_naming_it(tmp_path, studies):
+    path = tmp_path / "slurm"
+    studies.append(path)
+    n0 = sq.call_counts().submit
+    with pytest.raises(sq.SlurmRejectedError) as info:
+        run_simulation(_cfg(path), "slurm", qos="no_such_qos", **FAST)
+    assert sq.call_counts().submit == n0 + 1  # not retried
+    e = info.value
+    assert e.option == "--qos" and e.value == "no_such_qos" and "Invalid qos specification" in str(e)
+    assert "Fix:" in str(e)
+
+
+@pytest.mark.timeout(200)
+def test_clusters_option_on_every_call(tmp_path, studies, monkeypatch):
+    conf = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True).stdout
+    cluster = conf.split("ClusterName", 1)[1].split("=", 1)[1].split()[0]
+    # every Slurm command of the driver goes through a logging wrapper (not those inside the jobs)
+    wrap = tmp_path / "bin"
+    wrap.mkdir()
+    for prog in ("sbatch", "squeue", "sacct", "scancel", "scontrol", "sinfo"):
+        real = shutil.which(prog)
+        assert real
+        (wrap / prog).write_text(f'#!/bin/bash\n[ -z "$SLURM_JOB_ID" ] && echo "{prog} $*" >> "{wrap}/log"\n'
+                                 f'exec {real} "$@"\n')
+        (wrap / prog).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrap}{os.pathsep}{os.environ['PATH']}")
+    cfg_fn = lambda p, **k: _cfg(p, **k)  # noqa: E731
+    ref = inline(cfg_fn, tmp_path)
+    path = tmp_path / "slurm"
+    studies.append(path)
+    lines: list[str] = []
+    res = run_simulation(cfg_fn(path), "slurm", emit=lines.append, clusters=cluster, **FAST)
+    assert_same(res.summary, ref)
+    subs = [s for s in manifest(path)["submissions"] if s.get("executor") == "slurm"]
+    assert subs and all(s.get("clusters") == cluster for s in subs)
+    # status and cancel ask the recorded clusters (squeue -M prints "CLUSTER: name" lines, which are dropped)
+    from bayesim_hpc.executors.slurm import SlurmExecutor
+
+    live = SlurmExecutor().live_states(path)
+    assert len(live) == 2 and all(v["state"] == "COMPLETED" for v in live.values())
+    log = (wrap / "log").read_text().splitlines()
+    progs = {line.split()[0] for line in log}
+    assert {"sbatch", "squeue", "scontrol"} <= progs
+    missing = [line for line in log if f"--clusters={cluster}" not in line]
+    assert not missing, missing
