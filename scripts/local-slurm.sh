@@ -496,6 +496,12 @@ esac
 [ "$(id -u)" = 0 ] || die "must run as root (slurmd and this setup need root)"
 check_settings
 
+# Close every descriptor inherited from the caller (above stderr): a daemon started below would
+# keep it open for its whole life -- e.g. the lock of `flock -x LOCKFILE local-slurm.sh restart`,
+# which then stays held by slurmdbd/slurmctld and blocks every later test session.
+for fd in $(ls /proc/$$/fd 2>/dev/null); do
+  [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-" 2>/dev/null || true
+done
 # One verb at a time per cluster directory (the lock file lives next to it, so purge can remove it).
 # fd 9 holds the lock; every daemon is started with 9>&- so that it does not inherit it.
 mkdir -p "$(dirname "$DIR")"

@@ -24,7 +24,7 @@ from bayesim_hpc.executors import slurm_query as sq
 from bayesim_hpc.executors.slurm import job_name
 from bayesim_hpc.resultdir import ResultDir
 
-from .test_slurm_executor import FAST, _cfg, assert_same, inline, manifest
+from .test_slurm_executor import FAST, _cfg, assert_same, inline, manifest, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -131,8 +131,10 @@ def test_clusters_option_on_every_call(tmp_path, studies, monkeypatch):
     # status and cancel ask the recorded clusters (squeue -M prints "CLUSTER: name" lines, which are dropped)
     from bayesim_hpc.executors.slurm import SlurmExecutor
 
-    live = SlurmExecutor().live_states(path)
-    assert len(live) == 2 and all(v["state"] == "COMPLETED" for v in live.values())
+    elements = {e for s in subs for e in s["elements"]}
+    # (sacct lags the scheduler by a few seconds: poll)
+    wait_for(lambda: {v["job_id"] for v in SlurmExecutor().live_states(path).values()} == elements, 60,
+             "status to find the elements through --clusters")
     log = (wrap / "log").read_text().splitlines()
     progs = {line.split()[0] for line in log}
     assert {"sbatch", "squeue", "scontrol"} <= progs
