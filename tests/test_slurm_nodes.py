@@ -22,10 +22,17 @@ def test_two_node_fails_exclude_a_node_one_does_not():
     assert decide(one) == {}
     two = one + [Run("5_1", "NODE_FAIL", "n1"), Run("5_1", "COMPLETED", "n2")]
     got = decide(two)
-    assert list(got) == ["n1"] and "2 NODE_FAIL" in got["n1"] and "5_0" in got["n1"]
+    assert list(got) == ["n1"] and "NODE_FAIL 2 times" in got["n1"] and "5_0" in got["n1"]
     assert decide(two, BadNodeRules(node_fail=3)) == {}
     assert decide(one, BadNodeRules(node_fail=1)).keys() == {"n1"}
     assert decide(two, BadNodeRules(enabled=False)) == {}
+
+
+def test_elements_lost_in_one_crash_are_one_incident():
+    crash = [Run(f"5_{i}", "NODE_FAIL", "n1", end=1000.0 + i) for i in range(4)]  # one crash, 4 elements
+    assert decide(crash) == {}
+    again = crash + [Run("5_9", "NODE_FAIL", "n1", end=1100.0)]
+    assert "NODE_FAIL 2 times (5 element run(s) lost" in decide(again)["n1"]
 
 
 def test_same_error_on_one_node_while_others_succeed():
@@ -63,11 +70,12 @@ def test_cap_keeps_a_node_in_every_partition():
 
 SINFO = "n1|other\nn1|debug*\nn1|short\nn2|other\nn2|debug*\nn2|short\n"
 SACCT_D = """\
-30_0|NODE_FAIL|n1|0:0
-30_0|COMPLETED|n2|0:0
-30_1|NODE_FAIL|n1|0:0
-30_1|COMPLETED|n2|0:0
-30_2|COMPLETED|n2|0:0
+30_0|NODE_FAIL|n1|0:0|2026-11-30T09:01:36
+30_0|COMPLETED|n2|0:0|2026-11-30T09:02:40
+30_1|NODE_FAIL|n1|0:0|2026-11-30T09:02:01
+30_1|COMPLETED|n2|0:0|2026-11-30T09:03:00
+30_2|COMPLETED|n2|0:0|2026-11-30T09:03:01
+30_3|RUNNING|n2|0:0|Unknown
 """
 
 
@@ -104,7 +112,7 @@ def test_update_writes_the_manifest_and_the_exclude_option():
     m = FakeManifest()
     new, held = slurm_nodes.update(m, ["30"], [None], BadNodeRules(), run=run)
     assert list(new) == ["n1"] and not held
-    assert slurm_nodes.exclude_option(m.read()) == "n1" and "NODE_FAIL" in m.d["excluded_nodes"]["n1"]["why"]
+    assert slurm_nodes.exclude_option(m.read()) == "n1" and "NODE_FAIL 2" in m.d["excluded_nodes"]["n1"]["why"]
     assert run.calls[0][:3] == ["sacct", "-D", "-X"]
     # again: nothing new, the list is kept
     assert slurm_nodes.update(m, ["30"], [None], BadNodeRules(), run=run) == ({}, {})

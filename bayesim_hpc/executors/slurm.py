@@ -50,6 +50,15 @@ __all__ = ["SlurmExecutor", "job_name", "load_profile", "MAX_SELF_REQUEUES", "TE
 DEFAULT_MEM_GB = 2
 
 
+def _flags(additional: dict[str, Any]) -> dict[str, Any]:
+    """Extra sbatch options: ``True`` is a bare flag, ``False`` leaves it out (``requeue: false``
+    becomes ``--no-requeue``, since clusters may requeue by default)."""
+    out = {k: v for k, v in additional.items() if v is not False}
+    if additional.get("requeue") is False:
+        out["no_requeue"] = True
+    return out
+
+
 class SlurmExecutor:
     """Shards as Slurm array elements via submitit; see the module docstring.
 
@@ -172,7 +181,7 @@ class SlurmExecutor:
             "job_name": name, "time": res.time_min, "cpus_per_task": res.cpus_per_task,
             "wckey": None,  # submitit would send --wckey=submitit, which clusters that bill by wckey reject
             "signal_delay_s": self.signal_delay(res), "array_parallelism": min(self.parallelism, max(1, n)),
-            "setup": setup, "additional_parameters": dict(self.additional),
+            "setup": setup, "additional_parameters": _flags(self.additional),
         }
         for key, value in (("partition", res.partition), ("account", res.account), ("qos", res.qos),
                            ("mem", res.mem), ("exclude", exclude)):

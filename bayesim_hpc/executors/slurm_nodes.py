@@ -7,7 +7,8 @@ local disk, a broken module, a bad GPU) wastes every element sent there. The stu
 passes it as ``--exclude`` to its later submissions: resubmissions, waves, and ``resume``.
 
 * :func:`decide` is the pure rule, over the runs of the study's elements (``sacct -D``).
-  A node is excluded after ``node_fail`` NODE_FAIL runs on it (default 2), or after
+  A node is excluded after ``node_fail`` NODE_FAIL incidents on it (default 2; the elements a
+  node takes down at once, ending within ``INCIDENT_GAP_S`` of each other, are one), or after
   ``same_error`` failed runs on it with the same exit code (default 2) when at least one
   element of the study completed on another node and none completed on it.
 * :func:`cap` keeps at least one node of every partition the study uses: a study never
@@ -38,6 +39,8 @@ __all__ = ["BadNodeRules", "Run", "cap", "clear", "decide", "excluded", "exclude
            "update"]
 
 MANIFEST_KEY = "excluded_nodes"
+#: NODE_FAIL runs on one node that ended closer together than this are one incident (one crash)
+INCIDENT_GAP_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class Run:
     state: str
     node: str
     exit_code: int | None = None
+    end: float | None = None  # epoch seconds (None: unknown, each such run is its own incident)
 
 
 @dataclass(frozen=True)
@@ -76,11 +80,13 @@ def decide(runs: Iterable[Run], rules: BadNodeRules = BadNodeRules()) -> dict[st
         return {}
     runs = [r for r in runs if r.node and r.node not in ("None assigned", "(null)")]
     out: dict[str, str] = {}
-    fails = Counter(r.node for r in runs if r.state == "NODE_FAIL")
-    for node, n in sorted(fails.items()):
+    for node in sorted({r.node for r in runs if r.state == "NODE_FAIL"}):
+        lost = [r for r in runs if r.node == node and r.state == "NODE_FAIL"]
+        n = _incidents(lost)
         if n >= rules.node_fail:
-            jobs = sorted({r.job_id for r in runs if r.node == node and r.state == "NODE_FAIL"})
-            out[node] = f"{n} NODE_FAIL run(s) (job(s) {', '.join(jobs[:4])})"
+            jobs = sorted({r.job_id for r in lost})
+            out[node] = f"NODE_FAIL {n} times ({len(lost)} element run(s) lost: job(s) {', '.join(jobs[:4])}" + \
+                (", ...)" if len(jobs) > 4 else ")")
     completed_on = {r.node for r in runs if r.state == "COMPLETED"}
     same = Counter((r.node, r.exit_code) for r in runs if r.state == "FAILED")
     for (node, code), n in sorted(same.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
@@ -90,6 +96,15 @@ def decide(runs: Iterable[Run], rules: BadNodeRules = BadNodeRules()) -> dict[st
         out[node] = (f"{n} run(s) FAILED there with exit code {code} (job(s) {', '.join(jobs[:4])}) while elements "
                      f"completed on {', '.join(sorted(completed_on - {node})[:3])}")
     return out
+
+
+def _incidents(lost: list[Run]) -> int:
+    """How many separate crashes: end times more than INCIDENT_GAP_S apart (unknown: one each)."""
+    ends = sorted(r.end for r in lost if r.end is not None)
+    n = sum(1 for r in lost if r.end is None)
+    if ends:
+        n += 1 + sum(1 for a, b in zip(ends, ends[1:]) if b - a > INCIDENT_GAP_S)
+    return n
 
 
 def cap(wanted: Mapping[str, str], already: Iterable[str], partitions: Mapping[str, set[str]]) -> tuple[dict[str, str],
@@ -121,7 +136,7 @@ def node_history(job_ids: Iterable[str], *, run: sq.Runner = subprocess.run) -> 
     ids = [str(j) for j in job_ids]
     if not ids:
         return []
-    cmd = ["sacct", "-D", "-X", "-n", "-P", "-j", ",".join(ids), "--format", "JobID,State,NodeList,ExitCode"]
+    cmd = ["sacct", "-D", "-X", "-n", "-P", "-j", ",".join(ids), "--format", "JobID,State,NodeList,ExitCode,End"]
     try:
         proc = sq.run_command("query", cmd, run=run)
     except sq.SlurmCommandError:
@@ -135,8 +150,16 @@ def node_history(job_ids: Iterable[str], *, run: sq.Runner = subprocess.run) -> 
             continue
         code = parts[3].split(":")[0]
         out.append(Run(parts[0], sq.normalise_state(parts[1]), parts[2].strip(),
-                       int(code) if code.isdigit() else None))
+                       int(code) if code.isdigit() else None, _epoch(parts[4]) if len(parts) > 4 else None))
     return out
+
+
+def _epoch(text: str) -> float | None:
+    """sacct's End (``2026-11-30T09:01:36``, local time) as epoch seconds; None for Unknown/None."""
+    try:
+        return time.mktime(time.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
 
 
 def partition_nodes(partitions: Iterable[str | None], *, run: sq.Runner = subprocess.run) -> dict[str, set[str]]:

@@ -140,3 +140,133 @@ def test_clusters_option_on_every_call(tmp_path, studies, monkeypatch):
     assert {"sbatch", "squeue", "scontrol"} <= progs
     missing = [line for line in log if f"--clusters={cluster}" not in line]
     assert not missing, missing
+
+
+def _nodes() -> list[str]:
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True, check=True).stdout
+    return sorted(set(out.split()))
+
+
+def _kill_node(node: str) -> int:
+    """The node-loss drill (as in test_cluster_drills): SIGKILL the node's slurmd and its jobs' processes."""
+    import psutil
+
+    pid = int((Path(os.environ["LOCAL_SLURM_DIR"]) / "run" / f"slurmd-{node}.pid").read_text())
+    ids = set(subprocess.run(["squeue", "-h", "-w", node, "-o", "%A"], capture_output=True, text=True,
+                             check=True).stdout.split())
+    procs = [psutil.Process(pid)]
+    for p in psutil.process_iter(["name", "cmdline", "environ"]):
+        try:
+            env = p.info["environ"] or {}
+            cmd = " ".join(p.info["cmdline"] or [])
+            if env.get("SLURMD_NODENAME") == node or env.get("SLURM_JOB_ID") in ids or \
+                    ("slurmstepd" in cmd and any(f"[{i}." in cmd for i in ids)):
+                procs.append(p)
+        except (psutil.Error, TypeError):
+            continue
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    return len(procs)
+
+
+def _node_state(node: str) -> str:
+    return subprocess.run(["sinfo", "-h", "-N", "-n", node, "-o", "%T"], capture_output=True,
+                          text=True).stdout.split("\n")[0].strip()
+
+
+@pytest.mark.timeout(600)
+def test_node_killed_twice_is_excluded_from_later_submissions(tmp_path, studies):
+    from .test_slurm_executor import Fault
+
+    nodes = _nodes()
+    if len(nodes) < 2:
+        pytest.skip("needs the two-node test cluster (LOCAL_SLURM_NODES=2)")
+    cfg_fn = lambda p, **k: _cfg(p, data_grid={"n": [50, 100, 150, 200], "sigma": [1.0, 2.0]},  # noqa: E731
+                                 n_replicates=12, shard_size=12, **k)
+    ref = inline(cfg_fn, tmp_path)
+    path = tmp_path / "slurm"
+    studies.append(path)
+    victim: dict = {"kills": 0}
+
+    def running_on(node: str | None):
+        try:
+            subs = manifest(path).get("submissions", [])
+        except Exception:
+            return None
+        ids = [str(s["job_id"]) for s in subs if s.get("job_id")]
+        if not ids:
+            return None
+        out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-t", "RUNNING", "-o", "%N|%M"],
+                             capture_output=True, text=True).stdout.split()
+        for row in out:
+            n, _, elapsed = row.partition("|")
+            secs = sum(int(x) * 60 ** i for i, x in enumerate(reversed(elapsed.split(":")))) if ":" in elapsed else 0
+            if n in nodes and (node is None or n == node) and secs >= 3:
+                return n
+        return None
+
+    def node_fails(node: str) -> int:
+        ids = [str(s["job_id"]) for s in manifest(path).get("submissions", []) if s.get("job_id")]
+        out = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-j", ",".join(ids), "--format", "State,NodeList"],
+                             capture_output=True, text=True).stdout.split()
+        return sum(1 for row in out if row == f"NODE_FAIL|{node}")
+
+    def kill_twice():
+        node = wait_for(lambda: running_on(None), 120, "an element running for 3 s")
+        victim["node"] = node
+        for k in range(2):
+            if k:
+                wait_for(lambda: running_on(node), 180, f"an element running on {node} again")
+            before = node_fails(node)
+            _kill_node(node)
+            victim["kills"] += 1
+            # its elements end NODE_FAIL: when the node is declared down (SlurmdTimeout), or when its slurmd
+            # is back without them (another test session's `start` may revive it first)
+            wait_for(lambda: node_fails(node) > before, 90, f"{node}'s elements to end NODE_FAIL")
+            subprocess.run(["bash", str(REPO / "scripts" / "local-slurm.sh"), "start"], capture_output=True,
+                           timeout=300, check=True)  # the node comes back (it is the cluster's, not ours)
+        return node
+
+    fault = Fault(kill_twice)
+    lines: list[str] = []
+    try:
+        res = run_simulation(cfg_fn(path, fitter=MockFitter(delay=2.0)), "slurm", emit=lines.append,
+                             additional={"requeue": False},  # NODE_FAIL ends the element: the driver resubmits
+                             **{**FAST, "workers": 8, "settle_s": 3.0, "max_attempts": 4})
+        node = fault.check()
+    finally:
+        subprocess.run(["bash", str(REPO / "scripts" / "local-slurm.sh"), "start"], capture_output=True, timeout=300)
+    print("\n".join(lines))
+    assert victim["kills"] == 2
+    assert_same(res.summary, ref)  # every task exactly once
+    assert len(res.summary) == 96 and res.summary["task_id"].is_unique
+    m = manifest(path)
+    assert list(m["excluded_nodes"]) == [node], m.get("excluded_nodes")
+    assert "NODE_FAIL 2 times" in m["excluded_nodes"][node]["why"]
+    assert any(f"excluding node {node}" in line for line in lines)
+    since = m["excluded_nodes"][node]["since"]
+    later = [s for s in m["submissions"] if s.get("job_id") and s["time"] >= since]
+    earlier = [s for s in m["submissions"] if s.get("job_id") and s["time"] < since]
+    assert later and earlier  # something was resubmitted after the exclusion
+    for sub in m["submissions"]:
+        script = (path / "logs" / "slurm" / sub["job_id"] / f"{sub['job_id']}_submission.sh")
+        if not script.exists():  # a one-element submission: no _0 suffix in the folder name
+            script = next((path / "logs" / "slurm").glob(f"{sub['job_id']}*/*_submission.sh"))
+        text = script.read_text()
+        assert (f"#SBATCH --exclude={node}" in text) == (sub in later), (sub["job_id"], text)
+    # and none of them ran there
+    out = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-j", ",".join(s["job_id"] for s in later), "--format",
+                          "JobID,NodeList"], capture_output=True, text=True, check=True).stdout
+    assert all(row.split("|")[1] != node for row in out.split())
+    # status names it; the CLI clears it
+    from click.testing import CliRunner
+
+    from bayesim_hpc.cli import main
+    from bayesim_hpc.status import study_status
+
+    assert f"{node}: NODE_FAIL 2 times" in study_status(path, live=False).render()
+    assert f"cleared 1 node(s): {node}" in CliRunner().invoke(main, ["nodes", str(path), "--clear"]).output
+    assert "excluded_nodes" not in manifest(path) or not manifest(path)["excluded_nodes"]
