@@ -31,3 +31,22 @@ def test_profile_and_option_requests_name_their_source(tmp_path, monkeypatch):
                    profile="example-cluster", progress=False, emit=lines.append)
     line = next(x for x in lines if x.startswith("requests per element"))
     assert "memory 3GB (option)" in line and "(profile example-cluster)" in line
+
+
+def test_dry_run_shows_excluded_nodes_and_clusters(tmp_path, monkeypatch):
+    from bayesim_hpc import MockFitter
+    from bayesim_hpc.manifest import Manifest
+    from bayesim_hpc.resultdir import ResultDir
+
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    rdir = tmp_path / "r"
+    cfg = lambda: make_config(n_replicates=4, result_path=rdir, fitter=MockFitter(fail_tasks=("d001_f001_r00002",)))  # noqa: E731
+    run_simulation(cfg(), "inline", progress=False, emit=lambda s: None)
+    Manifest(ResultDir(rdir)).update(lambda m: m.setdefault("excluded_nodes", {}).update(
+        n7={"why": "NODE_FAIL 2 times (3 element run(s) lost: job(s) 5_0, 5_1, 9_0)", "since": 0}))
+    lines: list[str] = []
+    run_simulation(cfg(), "slurm", dry_run=True, clusters=["c1", "c2"], retry_failed=True, progress=False,
+                   emit=lines.append)
+    text = "\n".join(lines)
+    assert "#SBATCH --exclude=n7" in text and "n7: NODE_FAIL 2 times" in text and "--clear" in text
+    assert "--clusters=c1,c2" in text

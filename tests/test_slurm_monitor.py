@@ -202,3 +202,28 @@ def test_error_budget_exit_cancels_the_rest():
     c.set("3_1", "RUNNING")
     run_steps(mon, c, 1)
     assert mon.out.budget_exceeded and c.cancelled == ["3_1"] and not c.submitted
+
+
+def test_bad_nodes_are_looked_for_before_a_failed_element_is_resubmitted():
+    c = FakeCluster()
+    c.missing = {0: 4, 1: 4}
+    r = Resources()
+    order: list[str] = []
+    submit = c.submit
+    c.submit = lambda packs: (order.append("submit"), submit(packs))[1]
+    ctx = FakeCtx()
+    mon = Monitor(ctx, "n", [Elem([0], "5_0", "5", {0: 1}, 0.0, resources=r),
+                             Elem([1], "5_1", "5", {1: 1}, 0.0, resources=r)],
+                  MonitorSettings(poll_min_interval=0.0, settle_s=3.0), folder=Path("/nonexistent/%j"),
+                  query=c.query, submit=c.submit, plan=c.plan, sleep=c.sleep, clock=lambda: c.now,
+                  missing=lambda sid: c.missing.get(sid, 0), check_nodes=lambda: order.append("check"))
+    c.set("5_0", "RUNNING")
+    c.set("5_1", "RUNNING")
+    run_steps(mon, c, 2)
+    assert order == []  # nothing failed: no sacct call for node histories
+    c.set("5_0", "FAILED", exit_code=1)
+    run_steps(mon, c, 2)
+    assert order == ["check", "submit"]  # the resubmission already carries the new --exclude
+    c.set("5_1", "NODE_FAIL", exit_code=0)
+    run_steps(mon, c, 4)
+    assert order == ["check", "submit", "check", "submit"]
