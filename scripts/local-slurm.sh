@@ -36,6 +36,20 @@
 #   LOCAL_SLURM_CTLD_PORT / _SLURMD_PORT / _DBD_PORT / _MYSQL_PORT  6817 / 6818 / 6819 / 16033
 #                               (node k listens on _SLURMD_PORT + 10 + k)
 #   LOCAL_SLURM_TIMEOUT         seconds to wait for each daemon, default 60
+#   LOCAL_SLURM_CLUSTER_NAME    ClusterName, default localtest
+#   LOCAL_SLURM_NODE_PREFIX     node names are PREFIX1..PREFIXN, default n
+#   LOCAL_SLURM_FIRST_JOB_ID    FirstJobId (a second cluster's job ids then differ), default 1
+#   LOCAL_SLURM_SHARE_DBD       directory of a running cluster of this script whose munged and slurmdbd
+#                               this one uses (no own munged/MariaDB/slurmdbd): both clusters are then
+#                               registered in one slurmdbd, so `sbatch/squeue/sacct --clusters=NAME` work
+#                               from either. Give the second cluster its own LOCAL_SLURM_DIR, ports,
+#                               cluster name and node prefix. See "Two clusters" below.
+#
+# Two clusters on one host (for --clusters tests), sharing the first one's slurmdbd:
+#   LOCAL_SLURM_DIR=/tmp/slurm-test2 LOCAL_SLURM_SHARE_DBD=/tmp/slurm-test LOCAL_SLURM_CLUSTER_NAME=localtest2 \
+#   LOCAL_SLURM_NODE_PREFIX=m LOCAL_SLURM_NODES=1 LOCAL_SLURM_CTLD_PORT=6827 LOCAL_SLURM_SLURMD_PORT=6828 \
+#   LOCAL_SLURM_FIRST_JOB_ID=500000 LOCAL_SLURM_MEMLIMIT=none bash scripts/local-slurm.sh start
+# `stop` of the second cluster stops only its slurmctld and slurmd.
 #
 # Node loss drill: kill one node's slurmd (pid file run/slurmd-n1.pid) and its slurmstepds; after
 # SlurmdTimeout (10 s) the node is DOWN and its jobs NODE_FAIL. `start` brings it back.
@@ -63,17 +77,27 @@ SLURMD_PORT=${LOCAL_SLURM_SLURMD_PORT:-6818}
 DBD_PORT=${LOCAL_SLURM_DBD_PORT:-6819}
 MYSQL_PORT=${LOCAL_SLURM_MYSQL_PORT:-16033}
 WAIT_S=${LOCAL_SLURM_TIMEOUT:-60}
+CLUSTER_NAME=${LOCAL_SLURM_CLUSTER_NAME:-localtest}
+NODE_PREFIX=${LOCAL_SLURM_NODE_PREFIX:-n}
+FIRST_JOB_ID=${LOCAL_SLURM_FIRST_JOB_ID:-1}
+SHARE_DBD=${LOCAL_SLURM_SHARE_DBD:-}
+SHARE_DBD=${SHARE_DBD%/}
 
 ETC=$DIR/etc RUN=$DIR/run LOG=$DIR/log STATE=$DIR/state
 MUNGE_DIR=$DIR/munge
+[ -n "$SHARE_DBD" ] && MUNGE_DIR=$SHARE_DBD/munge
 MUNGE_SOCK=$MUNGE_DIR/munge.socket.2
+if [ -n "$SHARE_DBD" ]; then   # the shared cluster's slurmdbd port
+  DBD_PORT=$(sed -n 's/^DbdPort=//p' "$SHARE_DBD/etc/slurmdbd.conf" 2>/dev/null || true)
+  DBD_PORT=${DBD_PORT:-6819}
+fi
 DB_DIR=$DIR/mysql
 SETTINGS=$ETC/settings.env          # the settings the written config was made from
 APT_LOG=${TMPDIR:-/tmp}/local-slurm-apt.log
 HOST=$(hostname -s)
-NODE_NAMES=$(seq -f "n%g" 1 "$NODES" | tr '\n' ' ')
-NODE_LIST="n[1-$NODES]"
-[ "$NODES" = 1 ] && NODE_LIST=n1
+NODE_NAMES=$(seq -f "$NODE_PREFIX%g" 1 "$NODES" | tr '\n' ' ')
+NODE_LIST="$NODE_PREFIX[1-$NODES]"
+[ "$NODES" = 1 ] && NODE_LIST=${NODE_PREFIX}1
 export SLURM_CONF=$ETC/slurm.conf
 
 log() { echo "[local-slurm] $*" >&2; }
@@ -91,7 +115,12 @@ check_settings() {
   [[ $MEMLIMIT = cgroup || $MEMLIMIT = none ]] || die "LOCAL_SLURM_MEMLIMIT must be cgroup or none, got '$MEMLIMIT'"
   [[ $SUBMIT_USER =~ ^[a-z_][a-z0-9_-]*$ ]] || die "LOCAL_SLURM_USER must be a plain user name, got '$SUBMIT_USER'"
   { is_uint "$NODES" && [ "$NODES" -ge 1 ] && [ "$NODES" -le 64 ]; } || die "LOCAL_SLURM_NODES must be 1..64, got '$NODES'"
-  for v in CPUS MEM_MB CRED_EXPIRE MIN_JOB_AGE CTLD_PORT SLURMD_PORT DBD_PORT MYSQL_PORT WAIT_S; do
+  [[ $CLUSTER_NAME =~ ^[a-z][a-z0-9_]*$ ]] || die "LOCAL_SLURM_CLUSTER_NAME must be lower-case letters/digits/_, got '$CLUSTER_NAME'"
+  [[ $NODE_PREFIX =~ ^[a-z]+$ ]] || die "LOCAL_SLURM_NODE_PREFIX must be lower-case letters, got '$NODE_PREFIX'"
+  if [ -n "$SHARE_DBD" ] && [ ! -S "$SHARE_DBD/munge/munge.socket.2" ]; then
+    die "LOCAL_SLURM_SHARE_DBD=$SHARE_DBD: no running cluster there (start it first)"
+  fi
+  for v in CPUS MEM_MB CRED_EXPIRE MIN_JOB_AGE CTLD_PORT SLURMD_PORT DBD_PORT MYSQL_PORT WAIT_S FIRST_JOB_ID; do
     is_uint "${!v}" || die "LOCAL_SLURM_$v must be a non-negative integer, got '${!v}'"
   done
 }
@@ -101,7 +130,7 @@ check_settings() {
 # program (guards against PID reuse). Debian installs slurmd/slurmctld as *-wlm alternatives.
 pidfile() { echo "$RUN/$1.pid"; }
 running() {  # daemon name (slurmd-n1 for a node's slurmd) -> prints its pid, or fails
-  local f pid exe want=${1%%-n[0-9]*}
+  local f pid exe want=${1%%-*}
   f=$(pidfile "$1")
   [ -s "$f" ] || return 1
   pid=$(tr -dc '0-9' <"$f")
@@ -165,8 +194,10 @@ install_packages() {  # accounting(0/1)
 write_configs() {
   mkdir -p "$ETC" "$RUN" "$LOG" "$STATE/ctld" "$STATE/d" "$MUNGE_DIR"
   chmod 755 "$DIR" "$MUNGE_DIR"   # munged refuses a socket dir that is not world-executable
-  [ -s "$MUNGE_DIR/munge.key" ] || dd if=/dev/urandom of="$MUNGE_DIR/munge.key" bs=1024 count=1 status=none
-  chmod 600 "$MUNGE_DIR/munge.key"
+  if [ -z "$SHARE_DBD" ]; then
+    [ -s "$MUNGE_DIR/munge.key" ] || dd if=/dev/urandom of="$MUNGE_DIR/munge.key" bs=1024 count=1 status=none
+    chmod 600 "$MUNGE_DIR/munge.key"
+  fi
 
   local acct track nodes="" k n
   if [ "$MEMLIMIT" = cgroup ]; then
@@ -211,7 +242,8 @@ JobAcctGatherType=jobacct_gather/none"
 
   cat >"$SLURM_CONF" <<EOF
 # generated by local-slurm.sh
-ClusterName=localtest
+ClusterName=$CLUSTER_NAME
+FirstJobId=$FIRST_JOB_ID
 SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
@@ -253,7 +285,7 @@ PartitionName=debug Nodes=$NODE_LIST Default=YES MaxTime=INFINITE State=UP
 PartitionName=other Nodes=$NODE_LIST Default=NO MaxTime=INFINITE State=UP
 EOF
 
-  if [ "$ACCOUNTING" = 1 ]; then
+  if [ "$ACCOUNTING" = 1 ] && [ -z "$SHARE_DBD" ]; then
     # slurmdbd reads slurmdbd.conf next to $SLURM_CONF; it must be mode 600
     cat >"$ETC/slurmdbd.conf" <<EOF
 # generated by local-slurm.sh
@@ -341,8 +373,9 @@ make_user() {  # the unprivileged submitter, with an association when accounting
   [ "$(active ACCOUNTING)" = 1 ] || return 0
   local u
   for u in root "$SUBMIT_USER"; do
-    sacctmgr -n -P show assoc where user="$u" format=user 2>/dev/null | grep -qx "$u" \
-      || sacctmgr -i add user "$u" account=root >/dev/null 2>&1 || log "WARNING: no association for $u"
+    sacctmgr -n -P show assoc where user="$u" cluster="$CLUSTER_NAME" format=user 2>/dev/null | grep -qx "$u" \
+      || sacctmgr -i add user "$u" account=root cluster="$CLUSTER_NAME" >/dev/null 2>&1 \
+      || log "WARNING: no association for $u"
   done
 }
 
@@ -370,11 +403,19 @@ cmd_start() {
         "requested $MAX_ARRAY_SIZE/$ACCOUNTING is ignored (use 'restart' to apply it)"
   fi
   acct=$(active ACCOUNTING)
-  start_munged
-  if [ "$acct" = 1 ]; then
-    install_packages 1
-    start_mariadb
-    start_slurmdbd
+  if [ -n "$SHARE_DBD" ]; then   # the other cluster's munged and slurmdbd; register this cluster there
+    wait_for "munged of $SHARE_DBD" bash -c "munge --socket='$MUNGE_SOCK' -n | unmunge --socket='$MUNGE_SOCK'"
+    if [ "$acct" = 1 ]; then
+      sacctmgr -n -P list cluster format=cluster 2>/dev/null | grep -qx "$CLUSTER_NAME" \
+        || sacctmgr -i add cluster "$CLUSTER_NAME" >/dev/null || die "could not register cluster $CLUSTER_NAME"
+    fi
+  else
+    start_munged
+    if [ "$acct" = 1 ]; then
+      install_packages 1
+      start_mariadb
+      start_slurmdbd
+    fi
   fi
   start_slurmctld
   make_user
@@ -438,9 +479,11 @@ stop_slurm() {  # Slurm daemons only; munged and mariadbd keep running
   # shellcheck disable=SC2046
   stop_group $(slurmds) slurmd slurmctld
   stop_group slurmdbd   # after slurmctld, so it has received the last job records
-  local c   # cgroup mode: remove the (now empty) cgroup dirs slurmd created
-  for c in /sys/fs/cgroup/*/slurm_*; do
-    [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+  local c n   # cgroup mode: remove the (now empty) cgroup dirs our slurmds created (not another cluster's)
+  for n in $NODE_NAMES; do
+    for c in /sys/fs/cgroup/*/slurm_"$n"; do
+      [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+    done
   done
 }
 

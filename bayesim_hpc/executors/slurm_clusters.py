@@ -75,6 +75,8 @@ def with_clusters(cmd: list[str], clusters: str | None = None) -> list[str]:
         return cmd
     if any(a in ("-M", "--clusters") or a.startswith(("--clusters=", "-M")) for a in cmd[1:]):
         return cmd
+    if cmd[0] == "scontrol":  # "Only one cluster can be used at a time with scontrol"
+        clusters = clusters.split(",")[0]
     return [cmd[0], f"--clusters={clusters}", *cmd[1:]]
 
 

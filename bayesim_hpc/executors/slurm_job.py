@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 from ..records import WorkerExit
 from ..storage import atomic_write_text
+from . import slurm_clusters
 from . import slurm_query as sq
 
 __all__ = ["MAX_SELF_REQUEUES", "EXIT_DONE", "EXIT_STOPPED", "EXIT_BUDGET", "run_element", "done_record_path",
@@ -117,7 +118,9 @@ def run_element(result_dir: str, shards: list[int] | int, base_attempts: list[in
         may = restarts < MAX_SELF_REQUEUES if n_run_total > 0 else restarts + 1 < max_attempts
         if may:
             try:
-                (requeue or sq.requeue_job)(me)
+                # the cluster this element runs on (it may be another than SLURM_CONF's: --clusters)
+                with slurm_clusters.using(os.environ.get("SLURM_CLUSTER_NAME") or None):
+                    (requeue or sq.requeue_job)(me)
                 record["requeued"] = True
                 emit(f"[shard {last_shard}] requeued job {me} after flushing (restart {restarts + 1})")
             except sq.SlurmCommandError as exc:

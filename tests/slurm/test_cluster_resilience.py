@@ -270,3 +270,50 @@ def test_node_killed_twice_is_excluded_from_later_submissions(tmp_path, studies)
     assert f"{node}: NODE_FAIL 2 times" in study_status(path, live=False).render()
     assert f"cleared 1 node(s): {node}" in CliRunner().invoke(main, ["nodes", str(path), "--clear"]).output
     assert "excluded_nodes" not in manifest(path) or not manifest(path)["excluded_nodes"]
+
+
+SECOND = {"LOCAL_SLURM_DIR": "/tmp/slurm-test2", "LOCAL_SLURM_CLUSTER_NAME": "localtest2",
+          "LOCAL_SLURM_NODE_PREFIX": "m", "LOCAL_SLURM_NODES": "1", "LOCAL_SLURM_CTLD_PORT": "6827",
+          "LOCAL_SLURM_SLURMD_PORT": "6828", "LOCAL_SLURM_FIRST_JOB_ID": "500000", "LOCAL_SLURM_MEMLIMIT": "none"}
+
+
+@pytest.fixture
+def second_cluster(slurm_cluster):
+    """A second cluster (localtest2, node m1) sharing the first one's munged and slurmdbd; stopped afterwards."""
+    if os.environ.get("LOCAL_SLURM_DIR", "/tmp/slurm-test").rstrip("/") != "/tmp/slurm-test":
+        pytest.skip("the second test cluster is defined next to the default one (/tmp/slurm-test)")
+    env = {**os.environ, **SECOND, "LOCAL_SLURM_SHARE_DBD": "/tmp/slurm-test"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "local-slurm.sh"), "start"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    if proc.returncode != 0:
+        pytest.fail(f"could not start the second cluster: {proc.stderr[-2000:]}")
+    try:
+        yield SECOND["LOCAL_SLURM_CLUSTER_NAME"]
+    finally:
+        subprocess.run(["bash", str(REPO / "scripts" / "local-slurm.sh"), "stop"], env=env, capture_output=True,
+                       timeout=300)
+
+
+@pytest.mark.timeout(300)
+def test_study_runs_on_another_cluster_of_the_same_slurmdbd(tmp_path, studies, second_cluster):
+    cfg_fn = lambda p, **k: _cfg(p, **k)  # noqa: E731
+    ref = inline(cfg_fn, tmp_path)
+    path = tmp_path / "slurm"
+    studies.append(path)
+    lines: list[str] = []
+    # SLURM_CONF still names the first cluster: only --clusters sends the study to the second
+    res = run_simulation(cfg_fn(path), "slurm", emit=lines.append, clusters=second_cluster, **FAST)
+    assert_same(res.summary, ref)
+    subs = [s for s in manifest(path)["submissions"] if s.get("executor") == "slurm"]
+    assert subs and all(s["clusters"] == second_cluster and int(s["job_id"]) >= 500000 for s in subs)
+    out = subprocess.run(["sacct", f"--clusters={second_cluster}", "-X", "-n", "-P", "-j",
+                          ",".join(s["job_id"] for s in subs), "--format", "JobID,Cluster,NodeList,State"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out and all(row.split("|")[1:3] == [second_cluster, "m1"] for row in out), out
+    # the first cluster never saw them; status asks the recorded cluster
+    assert not _arrays_named(job_name(ResultDir(path)))
+    from bayesim_hpc.executors.slurm import SlurmExecutor
+
+    elements = {e for s in subs for e in s["elements"]}
+    wait_for(lambda: {v["job_id"] for v in SlurmExecutor().live_states(path).values()} == elements, 60,
+             "status to find the elements on the second cluster")
