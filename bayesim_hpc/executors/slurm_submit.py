@@ -180,8 +180,8 @@ class Submitter:
                     err = str(exc)[:2000]
                     ctx.manifest.update(lambda d, t=token, m=err: sub_update(d, t, error=m))
                     if isinstance(exc, sq.SubmitLimitError):  # the rest waits for room
-                        ctx.emit(f"slurm: sbatch refused by a submit limit ({((exc.stderr or str(exc)).strip().splitlines() or [''])[-1]}); "
-                                 f"{len(flat)} shard(s) wait")
+                        said = ((exc.stderr or str(exc)).strip().splitlines() or [""])[-1]
+                        ctx.emit(f"slurm: sbatch refused by a submit limit ({said}); {len(flat)} shard(s) wait")
                         return elems
                     raise
                 except Exception as exc:

@@ -225,7 +225,7 @@ def test_node_killed_twice_is_excluded_from_later_submissions(tmp_path, studies)
             victim["kills"] += 1
             # its elements end NODE_FAIL: when the node is declared down (SlurmdTimeout), or when its slurmd
             # is back without them (another test session's `start` may revive it first)
-            wait_for(lambda: node_fails(node) > before, 90, f"{node}'s elements to end NODE_FAIL")
+            wait_for(lambda b=before: node_fails(node) > b, 90, f"{node}'s elements to end NODE_FAIL")
             subprocess.run(["bash", str(REPO / "scripts" / "local-slurm.sh"), "start"], capture_output=True,
                            timeout=300, check=True)  # the node comes back (it is the cluster's, not ours)
         return node
