@@ -115,7 +115,8 @@ check_settings() {
   [[ $MEMLIMIT = cgroup || $MEMLIMIT = none ]] || die "LOCAL_SLURM_MEMLIMIT must be cgroup or none, got '$MEMLIMIT'"
   [[ $SUBMIT_USER =~ ^[a-z_][a-z0-9_-]*$ ]] || die "LOCAL_SLURM_USER must be a plain user name, got '$SUBMIT_USER'"
   { is_uint "$NODES" && [ "$NODES" -ge 1 ] && [ "$NODES" -le 64 ]; } || die "LOCAL_SLURM_NODES must be 1..64, got '$NODES'"
-  [[ $CLUSTER_NAME =~ ^[a-z][a-z0-9_]*$ ]] || die "LOCAL_SLURM_CLUSTER_NAME must be lower-case letters/digits/_, got '$CLUSTER_NAME'"
+  [[ $CLUSTER_NAME =~ ^[a-z][a-z0-9_]*$ ]] \
+    || die "LOCAL_SLURM_CLUSTER_NAME must be lower-case letters, digits and _, got '$CLUSTER_NAME'"
   [[ $NODE_PREFIX =~ ^[a-z]+$ ]] || die "LOCAL_SLURM_NODE_PREFIX must be lower-case letters, got '$NODE_PREFIX'"
   if [ -n "$SHARE_DBD" ] && [ ! -S "$SHARE_DBD/munge/munge.socket.2" ]; then
     die "LOCAL_SLURM_SHARE_DBD=$SHARE_DBD: no running cluster there (start it first)"

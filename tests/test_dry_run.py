@@ -40,7 +40,8 @@ def test_dry_run_shows_excluded_nodes_and_clusters(tmp_path, monkeypatch):
 
     monkeypatch.delenv("SLURM_CONF", raising=False)
     rdir = tmp_path / "r"
-    cfg = lambda: make_config(n_replicates=4, result_path=rdir, fitter=MockFitter(fail_tasks=("d001_f001_r00002",)))  # noqa: E731
+    fitter = MockFitter(fail_tasks=("d001_f001_r00002",))
+    cfg = lambda: make_config(n_replicates=4, result_path=rdir, fitter=fitter)  # noqa: E731
     run_simulation(cfg(), "inline", progress=False, emit=lambda s: None)
     Manifest(ResultDir(rdir)).update(lambda m: m.setdefault("excluded_nodes", {}).update(
         n7={"why": "NODE_FAIL 2 times (3 element run(s) lost: job(s) 5_0, 5_1, 9_0)", "since": 0}))

@@ -321,7 +321,8 @@ class SlurmExecutor:
 
     def run(self, ctx: RunContext) -> RunOutcome:
         """Run (or dry-run) the study, every Slurm call with the profile's clusters and retry policy."""
-        policy = replace(self.retry, notify=ctx.emit)
+        # a dry run answers at once (a person waits for it); the driver keeps trying
+        policy = replace(slurm_retry.QUICK if self.dry_run else self.retry, notify=ctx.emit)
         with slurm_clusters.using(self.clusters), slurm_retry.retry_policy(policy):
             return self._run(ctx)
 
@@ -528,7 +529,9 @@ class SlurmExecutor:
         subs = [s for s in m.get("submissions", []) if s.get("executor") == "slurm" and s.get("job_id")]
         if not subs:
             return {}
-        with slurm_clusters.using(self.clusters or self.recorded_clusters(m)):
+        # status must answer soon even when the controller does not (it then reports the manifest's states)
+        with slurm_clusters.using(self.clusters or self.recorded_clusters(m)), \
+                slurm_retry.retry_policy(slurm_retry.QUICK):
             states = sq.query_jobs(job_name(rd), job_ids=sorted({str(s["job_id"]) for s in subs}, key=int))
         by_id = {s.job_id: s for s in states}
         out: dict[int, dict] = {}

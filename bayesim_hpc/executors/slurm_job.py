@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 from ..records import WorkerExit
 from ..storage import atomic_write_text
-from . import slurm_clusters
+from . import slurm_clusters, slurm_retry
 from . import slurm_query as sq
 
 __all__ = ["MAX_SELF_REQUEUES", "EXIT_DONE", "EXIT_STOPPED", "EXIT_BUDGET", "run_element", "done_record_path",
@@ -119,7 +119,9 @@ def run_element(result_dir: str, shards: list[int] | int, base_attempts: list[in
         if may:
             try:
                 # the cluster this element runs on (it may be another than SLURM_CONF's: --clusters)
-                with slurm_clusters.using(os.environ.get("SLURM_CLUSTER_NAME") or None):
+                # (and quickly: the time limit is near)
+                with slurm_clusters.using(os.environ.get("SLURM_CLUSTER_NAME") or None), \
+                        slurm_retry.retry_policy(slurm_retry.QUICK):
                     (requeue or sq.requeue_job)(me)
                 record["requeued"] = True
                 emit(f"[shard {last_shard}] requeued job {me} after flushing (restart {restarts + 1})")

@@ -35,8 +35,8 @@ from typing import Any
 
 from . import slurm_query as sq
 
-__all__ = ["BadNodeRules", "Run", "cap", "clear", "decide", "excluded", "exclude_option", "node_history", "partition_nodes",
-           "update"]
+__all__ = ["BadNodeRules", "Run", "cap", "clear", "decide", "excluded", "exclude_option", "node_history",
+           "partition_nodes", "update"]
 
 MANIFEST_KEY = "excluded_nodes"
 #: NODE_FAIL runs on one node that ended closer together than this are one incident (one crash)

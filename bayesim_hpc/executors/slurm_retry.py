@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
-__all__ = ["Classified", "RetryPolicy", "classify", "current_policy", "retry_policy", "run_retrying",
+__all__ = ["QUICK", "Classified", "RetryPolicy", "classify", "current_policy", "retry_policy", "run_retrying",
            "set_policy"]
 
 #: output of a failed command that means "the scheduler could not answer now": retry
@@ -167,6 +167,9 @@ class RetryPolicy:
 
 
 _policy = RetryPolicy()
+
+#: for answers a person waits for (status, dry runs) and for an element about to hit its time limit
+QUICK = RetryPolicy(attempts=3, max_wait_s=8.0, initial_s=1.0, max_delay_s=5.0)
 
 
 def current_policy() -> RetryPolicy:

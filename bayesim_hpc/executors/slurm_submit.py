@@ -174,7 +174,8 @@ class Submitter:
                 try:
                     with sbatch_via_bayesim(name=name, token=token, values=_option_values(params)):
                         jobs = ex.map_array(run_element, [str(ctx.rd.path.resolve())] * n,
-                                            [p.shards for p in chosen], [[attempts[s] for s in p.shards] for p in chosen],
+                                            [p.shards for p in chosen],
+                                            [[attempts[s] for s in p.shards] for p in chosen],
                                             [ctx.retry_failed] * n, [self.max_attempts] * n, [extra] * n)
                 except sq.SlurmRejectedError as exc:
                     err = str(exc)[:2000]
