@@ -134,7 +134,7 @@ def test_ambiguous_sbatch_failure_finds_the_job_instead_of_submitting_again(tmp_
     out = slurm_sbatch.submit_script(tmp_path / "s.sh", name="bayesim-abc", token="tok1", run=run)
     assert out.strip() == "Submitted batch job 77"
     assert run.count("sbatch") == 1 and run.count("squeue") == 1
-    assert run.calls[0][:2] == ["sbatch", "--comment=bayesim:tok1"]
+    assert run.calls[0][:3] == ["sbatch", "--hold", "--comment=bayesim:tok1"]
     assert run.calls[1][:3] == ["squeue", "--name", "bayesim-abc"]
 
 
@@ -204,13 +204,19 @@ def test_submitit_array_goes_through_our_sbatch_with_retries(tmp_path):
     from submitit.slurm import slurm as ss
 
     original = ss.SlurmExecutor._make_submission_command
-    run = Script(sbatch=[(1, "", SOCKET), (0, "Submitted batch job 4242\n", "")], squeue=[(0, "", "")])
+    run = Script(sbatch=[(1, "", SOCKET), (0, "Submitted batch job 4242\n", "")], squeue=[(0, "", "")],
+                 scontrol=[(0, "", "")])
     ex = submitit.SlurmExecutor(folder=tmp_path / "%j", max_num_timeout=0)
     ex.update_parameters(time=5, job_name="bayesim-x")
     with slurm_sbatch.sbatch_via_bayesim(name="bayesim-x", token="tk", run=run):
         jobs = ex.map_array(_square, [1, 2, 3])
     assert [j.job_id for j in jobs] == ["4242_0", "4242_1", "4242_2"]
     assert run.count("sbatch") == 2 and run.count("squeue") == 1
+    # submitted held; released only once the elements' log folders (--output) exist
+    assert "--hold" in run.calls[0] and run.calls[-1] == ["scontrol", "release", "4242"]
+    assert all((tmp_path / f"4242_{i}").is_dir() for i in range(3))
+    script = open(run.calls[0][-1]).read() if (tmp_path / "4242_0").exists() else ""
+    assert "#SBATCH --output" in script and "%A_%a" in script
     assert all(j.paths.submitted_pickle.exists() for j in jobs)
     assert ss.SlurmExecutor._make_submission_command is original  # put back
 

@@ -16,6 +16,12 @@ timed out" may come after slurmctld accepted the job. Before every retry one ``s
 sbatch is not run again. If squeue cannot answer either, the submission stops with an error
 rather than risk a second copy.
 
+**Held until ready.** sbatch gets ``--hold``; once the job id is known, the elements' log
+folders (``logs/slurm/<id>``, which Slurm needs at start for ``--output``) are made and the job is
+released (``scontrol release``). Without the hold, an element that starts within milliseconds
+of submission -- or while an ambiguous failure is looked into -- dies at once ("Could not open
+stdout file"). A driver killed in between leaves the job held; ``adopt`` (``resume``) releases it.
+
 **Permanent errors** (invalid account, partition, QOS, time or memory beyond the limits) are
 not retried: :class:`slurm_query.SlurmRejectedError` names the option, the value asked for and
 the fix; a submit limit is :class:`slurm_query.SubmitLimitError` (the study waits for room).
@@ -27,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 from collections.abc import Iterator, Mapping
@@ -37,7 +44,7 @@ from typing import Any
 from . import slurm_query as sq
 from . import slurm_retry
 
-__all__ = ["COMMENT_PREFIX", "find_submitted", "sbatch_via_bayesim", "submit_script"]
+__all__ = ["COMMENT_PREFIX", "find_submitted", "release", "sbatch_via_bayesim", "submit_script"]
 
 COMMENT_PREFIX = "bayesim:"
 _lock = threading.Lock()
@@ -68,9 +75,10 @@ def submit_script(path: str | Path, *, name: str, token: str, values: Mapping[st
     """``sbatch PATH`` with retries; returns sbatch's answer (``Submitted batch job N ...``).
 
     ``values``: what was asked per option (``{"--account": "proj1"}``), to name it in errors.
-    The script must set ``--job-name=<name>``; ``--comment=bayesim:<token>`` is added here.
+    The script must set ``--job-name=<name>``; ``--comment=bayesim:<token>`` and ``--hold`` are
+    added here (:func:`release` lets the job start).
     """
-    cmd = ["sbatch", f"--comment={COMMENT_PREFIX}{token}", str(path)]
+    cmd = ["sbatch", "--hold", f"--comment={COMMENT_PREFIX}{token}", str(path)]
     found: list[str] = []
 
     def already() -> subprocess.CompletedProcess[str] | None:
@@ -107,6 +115,25 @@ def submit_script(path: str | Path, *, name: str, token: str, values: Mapping[st
     raise sq.SlurmCommandError(f"sbatch failed (exit {proc.returncode})", **args)
 
 
+def release(job_id: str, *, run: sq.Runner = subprocess.run) -> None:
+    """``scontrol release JOB``: let a job submitted with ``--hold`` start. Raises SlurmCommandError."""
+    cmd = ["scontrol", "release", str(job_id)]
+    proc = sq.run_command("requeue", cmd, run=run)
+    if proc.returncode != 0:
+        raise sq.SlurmCommandError(f"scontrol release {job_id} failed (exit {proc.returncode}); the job stays held "
+                                   "until `bayesim-hpc resume` releases it", cmd=cmd, returncode=proc.returncode,
+                                   stdout=proc.stdout or "", stderr=proc.stderr or "")
+
+
+def _make_log_folders(executor: Any, job_id: str) -> None:
+    """The folders submitit's ``--output``/``--error`` paths point into, for a job and its elements."""
+    from submitit.core.utils import JobPaths
+
+    n = int(executor.parameters.get("map_count") or 0)
+    for jid in [job_id] + [f"{job_id}_{i}" for i in range(n)]:
+        JobPaths(executor.folder, job_id=jid).folder.mkdir(parents=True, exist_ok=True)
+
+
 @contextmanager
 def sbatch_via_bayesim(*, name: str, token: str, values: Mapping[str, Any] | None = None,
                        run: sq.Runner = subprocess.run) -> Iterator[None]:
@@ -120,6 +147,11 @@ def sbatch_via_bayesim(*, name: str, token: str, values: Mapping[str, Any] | Non
 
     def make(self: Any, submission_file_path: Path) -> list[str]:
         answer = submit_script(submission_file_path, name=name, token=token, values=values, run=run)
+        m = re.search(r"job (\d+)", answer)
+        if m is None:
+            raise sq.SlurmCommandError(f"cannot read a job id from sbatch's answer {answer.strip()!r}")
+        _make_log_folders(self, m.group(1))
+        release(m.group(1), run=run)
         return ["echo", answer.strip()]
 
     with _lock:

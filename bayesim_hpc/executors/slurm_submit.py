@@ -34,7 +34,7 @@ from . import slurm_query as sq
 from .base import RunContext
 from .slurm_job import run_element
 from .slurm_limits import LIMIT_REFUSED
-from .slurm_sbatch import sbatch_via_bayesim
+from .slurm_sbatch import release, sbatch_via_bayesim
 
 __all__ = ["Elem", "LIVE", "Pack", "Submitter", "adopt", "element_shards", "job_name", "sub_update"]
 
@@ -256,6 +256,14 @@ def adopt(ctx: RunContext, name: str, folder: Path, wanted: set[int], *,
         sleep(2.0)
     if not live:
         return []
+    held = sorted({s.array_job_id or s.job_id for s in live if s.reason == "JobHeldUser"}, key=int)
+    if held:  # submitted with --hold by a driver that died before releasing them (slurm_sbatch)
+        ctx.emit(f"slurm: releasing job(s) {', '.join(held)} left held by an earlier driver")
+        for jid in held:
+            try:
+                release(jid)
+            except sq.SlurmCommandError as e:
+                ctx.emit(f"slurm: {e}")
     by_array = {str(s["job_id"]): s for s in subs if s.get("job_id")}
     unrecorded = [s for s in subs if not s.get("job_id")]
     found: dict[str, Elem] = {}
