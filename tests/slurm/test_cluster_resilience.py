@@ -86,8 +86,8 @@ def test_sbatch_failures_are_retried_without_duplicates(tmp_path, studies, monke
     arrays = _arrays_named(job_name(ResultDir(path)))
     assert arrays == {str(s["job_id"]) for s in subs}  # one array per submission, nothing else
     argv = (wrap / "argv").read_text().splitlines()
-    assert all(a.startswith("--comment=bayesim:") for a in argv)
-    assert len({a.split()[0] for a in argv}) == len(subs)  # one token per submission record
+    assert all(a.startswith("--hold --comment=bayesim:") for a in argv)
+    assert len({a.split()[1] for a in argv}) == len(subs)  # one token per submission record
     if mode == "submit-then-fail":
         assert calls == len(subs)  # each lost answer was found by its token, never submitted again
         assert sum("Socket timed out" in line for line in lines) == len(subs)
