@@ -322,3 +322,26 @@ def test_study_runs_on_another_cluster_of_the_same_slurmdbd(tmp_path, studies, s
     elements = {e for s in subs for e in s["elements"]}
     wait_for(lambda: {v["job_id"] for v in SlurmExecutor().live_states(path).values()} == elements, 60,
              "status to find the elements on the second cluster")
+
+
+@pytest.mark.timeout(200)
+def test_jobs_left_held_by_a_killed_driver_are_released_by_resume(tmp_path, studies, monkeypatch):
+    from bayesim_hpc import resume_simulation
+    from bayesim_hpc.executors import slurm_sbatch
+
+    cfg_fn = lambda p, **k: _cfg(p, **k)  # noqa: E731
+    ref = inline(cfg_fn, tmp_path)
+    path = tmp_path / "slurm"
+    studies.append(path)
+    with monkeypatch.context() as mp:  # a driver that dies between sbatch --hold and scontrol release
+        mp.setattr(slurm_sbatch, "release", lambda job_id, **kw: None)
+        run_simulation(cfg_fn(path), "slurm", detach=True, **FAST)
+    (sub,) = [s for s in manifest(path)["submissions"] if s.get("executor") == "slurm"]
+    reasons = subprocess.run(["squeue", "-h", "-r", "-j", sub["job_id"], "-o", "%r"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert reasons and set(reasons) == {"JobHeldUser"}
+    lines: list[str] = []
+    res = resume_simulation(path, emit=lines.append, **{k: v for k, v in FAST.items() if k != "plan"})
+    assert any(f"releasing job(s) {sub['job_id']}" in line for line in lines)
+    assert_same(res.summary, ref)
+    assert len([s for s in manifest(path)["submissions"] if s.get("executor") == "slurm"]) == 1  # adopted, not resubmitted
