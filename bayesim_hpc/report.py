@@ -190,8 +190,13 @@ def _select_cells(cells: pd.DataFrame) -> tuple[pd.DataFrame, str]:
                                                f"{len(cells)} cells; the tables have all.</p>")
 
 
-def build_report(path: str | Path, out: str | Path | None = None) -> Path:
-    """Write ``report.html`` (one self-contained file) and ``report.json`` for a result directory."""
+def build_report(path: str | Path, out: str | Path | None = None,
+                 extra_sections: list[tuple[str, str, str]] | tuple = ()) -> Path:
+    """Write ``report.html`` (one self-contained file) and ``report.json`` for a result directory.
+
+    ``extra_sections``: (key, title, HTML body) sections added at the end (the command line adds
+    the efficiency section of :mod:`bayesim_hpc.efficiency_study` this way).
+    """
     res = load_results(path)
     out = Path(out) if out else res.path / "report.html"
     cells = res.cells.sort_values(["data_idx", "fit_idx"]).reset_index(drop=True)
@@ -283,6 +288,7 @@ def build_report(path: str | Path, out: str | Path | None = None) -> Path:
         sections.append(("history", "History",
                          "<ul>" + "".join(f"<li>{html.escape(h)}</li>" for h in history) + "</ul>"))
 
+    sections += list(extra_sections)
     n_ok = int((summary["status"] == "success").sum())
     grids = "; ".join(f"{k}: {', '.join(map(str, dict.fromkeys(v)))}" for k, v in raw.get("data_grid", {}).items())
     fgrids = "; ".join(f"{k}: {', '.join(map(str, dict.fromkeys(v)))}" for k, v in raw.get("fit_grid", {}).items())

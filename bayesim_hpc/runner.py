@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from .executors.base import ProgressLine, RunContext, RunOutcome, default_shard_
 from .locking import DirLock
 from .manifest import Manifest, scan_progress
 from .reduce import reduce_results
+from .notify import Notifier, NotifySettings, can_mail, resolve_notify, slurm_mail_options, start_notifier
 from .relay import FoldingEmit
 from .run_messages import report_end as _report_end
 from .run_messages import systematic_failure as _systematic_failure
@@ -252,6 +253,8 @@ def run_simulation(
     reduce: bool = True,
     lock_stale_after: float = 120.0,
     keep_going: bool = False,
+    notify: Sequence[str] | None = None,
+    notify_options: dict[str, Any] | None = None,
     **executor_options: Any,
 ) -> SimulationResult:
     """Run (or finish) a study with the executor chosen now; the study code never changes.
@@ -271,6 +274,10 @@ def run_simulation(
             driver's lock (see :mod:`bayesim_hpc.locking`).
         keep_going: do not stop early when the first tasks all fail the same way (this run
             only; see ``stop_on_systematic_failure`` in :func:`simulation_config`).
+        notify: email addresses and webhook URLs told of the end, an early stop, a high failure
+            rate or a stall (:mod:`bayesim_hpc.notify`); ``None`` keeps those of the last run,
+            ``[]`` clears them. ``notify_options``: ``stall_minutes``, ``failure_rate``,
+            ``min_interval_minutes``.
         executor_options: passed to the executor (e.g. ``profile=``, ``time_limit=`` for Slurm).
 
     Returns a :class:`SimulationResult`. Raises :class:`ErrorBudgetExceeded` when more
@@ -288,6 +295,12 @@ def run_simulation(
     check_text_option("result_path", rd.path)
     for name, value in executor_options.items():
         check_text_option(name, value)
+    notify_settings = resolve_notify(rd, notify, notify_options)
+    if notify_settings is not None and executor == "slurm" and (executor_options.get("detach")
+                                                                or not can_mail()):
+        # no driver left to send (or no mailer here): Slurm's own mail for the email targets
+        executor_options["additional"] = {**slurm_mail_options(notify_settings),
+                                          **(executor_options.get("additional") or {})}
     ex = make_executor(executor, workers=workers, max_attempts=max_attempts, **executor_options)
     for line in size_warnings(config):
         emit(line)
@@ -301,7 +314,7 @@ def run_simulation(
             try:
                 result = _drive(config, rd, ex, lock, tmp, emit, resume=resume, retry_failed=retry_failed,
                                 force=force, progress=progress, shard_size=shard_size, max_attempts=max_attempts,
-                                reduce=reduce, keep_going=keep_going)
+                                reduce=reduce, keep_going=keep_going, notify=notify_settings)
             finally:
                 lock.release()
             if created and result.dry_run:  # a dry run leaves nothing behind, not even the directory
@@ -316,10 +329,11 @@ def run_simulation(
 def _drive(config: Study, rd: ResultDir, ex: Any, lock: DirLock, tmp: Any,
            emit: Callable[[str], None], *, resume: str, retry_failed: bool | None, force: bool,
            progress: bool | None, shard_size: int | None, max_attempts: int, reduce: bool,
-           keep_going: bool = False) -> SimulationResult:
+           keep_going: bool = False, notify: NotifySettings | None = None) -> SimulationResult:
     """The body of :func:`run_simulation`, under the driver lock."""
     manifest = Manifest(rd, guard=lock)
     run_recorded = False
+    notifier: Notifier | None = None
     try:
         size = shard_size or config.shard_size or default_shard_size(config.n_tasks, ex.parallelism)
         # an executor that sizes shards by cost (Slurm's time-aware plan) does so for a new study,
@@ -327,7 +341,7 @@ def _drive(config: Study, rd: ResultDir, ex: Any, lock: DirLock, tmp: Any,
         own = getattr(ex, "initial_shards", None) if not (shard_size or config.shard_size) else None
         is_new, config = prepare_result_dir(config, rd, resume, force, size, emit,
                                             (lambda: own(config, size)) if own is not None else None)
-        rd.set_runtime(runtime_settings(config, keep_going))
+        rd.set_runtime({**runtime_settings(config, keep_going), **({"notify": notify.to_runtime()} if notify else {})})
         if retry_failed is None:
             retry_failed = not is_new
         todo, prog = missing_shards(rd, config, retry_failed)
@@ -343,6 +357,9 @@ def _drive(config: Study, rd: ResultDir, ex: Any, lock: DirLock, tmp: Any,
         done0 = prog.n_success + (0 if retry_failed else prog.n_failed)
         show = sys.stderr.isatty() if progress is None else progress
         bar = ProgressLine(config.n_tasks, done0, 0 if retry_failed else prog.n_failed, enabled=show)
+        notifier = start_notifier(notify, rd, config.n_tasks, done0, 0 if retry_failed else prog.n_failed, emit,
+                                  bar, detached=bool(getattr(ex, "detach", False)), dry_run=bool(
+                                      getattr(ex, "dry_run", False)))
         if todo:
             emit(f"bayesim-hpc: {config.n_tasks} tasks in {len(rd.read_frozen().shards)} shards; "
                  f"{config.n_tasks - done0} to run in {len(todo)} shard(s) on executor '{ex.name}' ({rd.path})")
@@ -388,10 +405,19 @@ def _drive(config: Study, rd: ResultDir, ex: Any, lock: DirLock, tmp: Any,
                 manifest.update(lambda d: d["runs"][-1].update(ended=time.time(), interrupted=why))
             except Exception:  # the record is a courtesy; the stop must go on
                 pass
+        if notifier is not None:
+            notifier.event("stopped", f"stopped by {why}", f"the driver was stopped by {why}; finish with: "
+                           f"bayesim-hpc resume {rd.path}")
         raise DriverStopped(f"stopped by {exc}: workers were told to flush and stop, finished tasks are kept, the "
                             f"lock is released. Finish with: bayesim-hpc resume {rd.path}") from None
+    finally:
+        if notifier is not None:
+            notifier.close()
     result = SimulationResult(rd.path, red, _tmpdir=tmp)
     systematic = _systematic_failure(rd, red, config.max_errors) if outcome.budget_exceeded else None
+    if notifier is not None and not outcome.detached and not outcome.dry_run:
+        notifier.run_ended(red, outcome.budget_exceeded, systematic)
+        notifier.close()
     if red is not None:
         _report_end(emit, rd, red, outcome.unfinished, advise=systematic is None)
     if outcome.budget_exceeded:

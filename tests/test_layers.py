@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     # where tasks run
     ("executors",),
     # progress as the segments and the scheduler tell it
-    ("status",),
+    ("status", "efficiency", "efficiency_study", "notify"),
     # the driver
     ("runner",),
     # the front doors
