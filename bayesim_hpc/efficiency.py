@@ -251,7 +251,7 @@ def class_figures(elements: Iterable[Element], **margins: Any) -> list[ClassFigu
     for label, els in groups.items():
         runs = [r for e in els for r in e.runs]
         rss = [r.max_rss_mb for r in runs if r.max_rss_mb is not None]
-        el = [r.elapsed_s for r in runs if r.start is not None]
+        el = [r.elapsed_s for r in runs if r.start is not None and r.end is not None]  # ended runs only
         waits = [w for w in (e.runs[0].wait_s for e in els if e.runs) if w is not None]
         cpu = [(r.cpu_s, r.core_s) for r in runs if r.cpu_s is not None and r.core_s > 0]
         fit_core_h = sum(e.fit_s * max(1, e.cpus) for e in els) / 3600

@@ -33,6 +33,7 @@ from .storage import SegmentError, iter_segment_paths, read_rows, study_stamp
 __all__ = ["study_efficiency", "profile_with_suggestions", "write_profile", "sacct_usage"]
 
 _CHUNK = 200  # job ids per sacct call
+SHORT_RUN_S = 60.0
 
 
 def sacct_usage(job_ids: list[str], *, run: Callable[..., Any] = subprocess.run) -> list[Run]:
@@ -172,6 +173,9 @@ def study_efficiency(path: str | Path, *, live: bool = True, run: Callable[..., 
         notes.append(f"executor {executor or '-'}: no Slurm submissions recorded, so nothing was requested from a "
                      "scheduler; the figures are the fits' own times from the segments")
     classes = class_figures(elements, mem_margin=mem_margin, time_margin=time_margin) if elements else []
+    if accounting and any(c.elapsed_p95_s is not None and c.elapsed_p95_s < SHORT_RUN_S for c in classes):
+        notes.append(f"runs shorter than {SHORT_RUN_S:.0f} s: Slurm samples memory (JobAcctGatherFrequency, often "
+                     "every 30 s), so their MaxRSS may miss the peak; judge the memory suggestion from longer runs")
     cells = _cells(frozen, space, acc, elements, mem_margin)
     return Efficiency(str(rd.path), executor, accounting, classes, cells, notes, len(elements))
 

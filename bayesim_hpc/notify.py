@@ -108,8 +108,8 @@ def resolve_settings(targets: Sequence[str] | None, options: dict[str, Any] | No
     opts = {k: v for k, v in (options or {}).items() if v is not None}
     if base is None:
         if opts:
-            raise ConfigError("--notify", None, "is needed for the notification options",
-                              "give --notify ADDRESS_OR_URL (resume keeps it from then on)")
+            raise ConfigError("notify_options", opts, "are set, but there is no --notify target (none given, "
+                              "none kept from an earlier run)", "add --notify ADDRESS_OR_URL (resume keeps it)")
         return None
     if opts.get("failure_rate") is not None and not 0 < float(opts["failure_rate"]) <= 1:
         raise ConfigError("--notify-failure-rate", opts["failure_rate"], "is not a share in (0, 1]",
