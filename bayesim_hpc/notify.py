@@ -43,7 +43,8 @@ from typing import Any, Callable, Sequence
 from .errors import ConfigError
 
 __all__ = ["NotifySettings", "Notifier", "resolve_settings", "check_target", "payload", "post_json", "send_mail",
-           "slurm_mail_options", "EVENT_KINDS", "can_mail", "resolve_notify", "start_notifier"]
+           "slurm_mail_options", "EVENT_KINDS", "can_mail", "resolve_notify", "start_notifier",
+           "with_slurm_mail"]
 
 EVENT_KINDS = ("finished", "stopped", "failure_rate", "stalled")
 _EMAIL = re.compile(r"^[^@\s,;]+@[^@\s,;]+\.[^@\s,;]+$")
@@ -124,6 +125,16 @@ def slurm_mail_options(settings: NotifySettings | None) -> dict[str, str]:
     if settings is None or not settings.emails:
         return {}
     return {"mail-type": "END,FAIL", "mail-user": ",".join(settings.emails)}
+
+
+def with_slurm_mail(settings: NotifySettings | None, executor: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """Executor options with Slurm's own mail for the email targets, where the driver cannot send:
+    ``--detach`` (no driver stays) or no ``sendmail``/``mail`` on this host. Other cases: unchanged."""
+    if settings is None or not settings.emails or executor != "slurm":
+        return options
+    if options.get("detach") or not can_mail():
+        return {**options, "additional": {**slurm_mail_options(settings), **(options.get("additional") or {})}}
+    return options
 
 
 def payload(*, event: str, state: str, study: str, directory: str | Path, total: int, succeeded: int, failed: int,

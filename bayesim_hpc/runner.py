@@ -36,7 +36,7 @@ from .executors.base import ProgressLine, RunContext, RunOutcome, default_shard_
 from .locking import DirLock
 from .manifest import Manifest, scan_progress
 from .reduce import reduce_results
-from .notify import Notifier, NotifySettings, can_mail, resolve_notify, slurm_mail_options, start_notifier
+from .notify import Notifier, NotifySettings, resolve_notify, start_notifier, with_slurm_mail
 from .relay import FoldingEmit
 from .run_messages import report_end as _report_end
 from .run_messages import systematic_failure as _systematic_failure
@@ -296,11 +296,7 @@ def run_simulation(
     for name, value in executor_options.items():
         check_text_option(name, value)
     notify_settings = resolve_notify(rd, notify, notify_options)
-    if notify_settings is not None and executor == "slurm" and (executor_options.get("detach")
-                                                                or not can_mail()):
-        # no driver left to send (or no mailer here): Slurm's own mail for the email targets
-        executor_options["additional"] = {**slurm_mail_options(notify_settings),
-                                          **(executor_options.get("additional") or {})}
+    executor_options = with_slurm_mail(notify_settings, executor, executor_options)
     ex = make_executor(executor, workers=workers, max_attempts=max_attempts, **executor_options)
     for line in size_warnings(config):
         emit(line)
@@ -391,6 +387,9 @@ def _drive(config: Study, rd: ResultDir, ex: Any, lock: DirLock, tmp: Any,
             emit(f"submitted; the driver is leaving. Check with: bayesim-hpc status {rd.path}")
             return SimulationResult(rd.path, None, _tmpdir=tmp)
         if outcome.storage_error:
+            if notifier is not None:
+                notifier.event("stopped", "storage error", f"{outcome.storage_error}; free space, then: "
+                               f"bayesim-hpc resume {rd.path}")
             raise StorageFullError(
                 28, f"{outcome.storage_error}. Workers were stopped; finished tasks are kept. Free space in "
                     f"{rd.path}, then finish with: bayesim-hpc resume {rd.path}")

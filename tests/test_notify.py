@@ -11,7 +11,9 @@ import pytest
 
 from bayesim_hpc import resume_simulation, run_simulation
 from bayesim_hpc.errors import ConfigError, SystematicFailureError
-from bayesim_hpc.notify import Notifier, NotifySettings, check_target, resolve_settings, slurm_mail_options
+from bayesim_hpc import notify as notify_mod
+from bayesim_hpc.notify import (Notifier, NotifySettings, check_target, resolve_settings, slurm_mail_options,
+                                with_slurm_mail)
 
 from .studies.linear import make_config
 
@@ -63,6 +65,19 @@ def test_targets_are_checked():
     assert resolve_settings(["c@d.org"], {"failure_rate": 0.5}, stored).targets == ("c@d.org",)
     assert slurm_mail_options(NotifySettings(("a@b.org", "https://x.org/h"))) == {"mail-type": "END,FAIL",
                                                                                   "mail-user": "a@b.org"}
+
+
+
+def test_slurm_mail_where_the_driver_cannot_send(monkeypatch):
+    both = NotifySettings(("a@b.org", "https://x.org/h"))
+    detached = with_slurm_mail(both, "slurm", {"detach": True, "additional": {"constraint": "cpu"}})
+    assert detached["additional"] == {"mail-type": "END,FAIL", "mail-user": "a@b.org", "constraint": "cpu"}
+    assert with_slurm_mail(both, "local", {}) == {}
+    assert with_slurm_mail(NotifySettings(("https://x.org/h",)), "slurm", {"detach": True}) == {"detach": True}
+    monkeypatch.setattr(notify_mod, "can_mail", lambda: True)
+    assert with_slurm_mail(both, "slurm", {}) == {}  # attached, with a mailer here: the driver sends
+    monkeypatch.setattr(notify_mod, "can_mail", lambda: False)
+    assert with_slurm_mail(both, "slurm", {})["additional"]["mail-user"] == "a@b.org"
 
 
 def test_webhook_receives_the_end_of_a_run_and_resume_keeps_the_setting(tmp_path, hook):
@@ -190,3 +205,26 @@ def test_the_ticker_reports_a_stall_without_progress_calls():
     assert done.wait(10)
     n.close()
     assert sent[0][1]["event"] == "stalled"
+
+
+def test_cli_notify_options(tmp_path, hook):
+    from click.testing import CliRunner
+
+    from bayesim_hpc.cli import main
+
+    study = tmp_path / "study.py"
+    study.write_text("from tests.studies.linear import make_config\nconfig = make_config(n_replicates=4)\n")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["run", str(study), "-o", str(out), "-e", "inline", "--notify", "slack"])
+    assert r.exit_code == 1 and "--notify='slack'" in r.output and "neither an email address" in r.output
+    r = CliRunner().invoke(main, ["run", str(study), "-o", str(out), "-e", "inline", "--notify", hook.url,
+                                  "--no-notify"])
+    assert r.exit_code == 2 and "contradict" in r.output
+    r = CliRunner().invoke(main, ["run", str(study), "-o", str(out), "-e", "inline", "--no-progress", "--notify",
+                                  hook.url, "--notify-stall-minutes", "5"])
+    assert r.exit_code == 0, r.output
+    assert [g["json"]["event"] for g in hook.got] == ["finished"]
+    stored = json.loads((out / "study.json").read_text())["runtime"]["notify"]
+    assert stored["targets"] == [hook.url] and stored["stall_minutes"] == 5
+    r = CliRunner().invoke(main, ["resume", str(out), "--no-progress"])
+    assert r.exit_code == 0 and len(hook.got) == 2
