@@ -265,3 +265,13 @@ def test_study_pickle_is_never_loaded(tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("efficiency unpickled study.pkl"))
     monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("efficiency unpickled study.pkl"))
     assert study_efficiency(path, live=False).elements == 4
+
+
+def test_report_has_an_efficiency_section(tmp_path):
+    path = tmp_path / "rep"
+    run_simulation(make_config(result_path=path, n_replicates=6), "inline", progress=False, emit=lambda s: None)
+    res = CliRunner().invoke(main, ["report", str(path)])
+    assert res.exit_code == 0, res.output
+    html_text = (path / "report.html").read_text()
+    assert "Were the requests right?" in html_text and "no Slurm submissions recorded" in html_text
+    assert "efficiency" in json.loads((path / "report.json").read_text())["sections"]

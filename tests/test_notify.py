@@ -228,3 +228,20 @@ def test_cli_notify_options(tmp_path, hook):
     assert stored["targets"] == [hook.url] and stored["stall_minutes"] == 5
     r = CliRunner().invoke(main, ["resume", str(out), "--no-progress"])
     assert r.exit_code == 0 and len(hook.got) == 2
+
+
+def test_email_goes_through_the_login_nodes_sendmail(tmp_path, monkeypatch):
+    """A fake ``sendmail`` on PATH records what the driver hands it (``sendmail -t`` reads the headers)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    mailbox = tmp_path / "mailbox"
+    (bindir / "sendmail").write_text(f"#!/bin/sh\necho \"args: $*\" >> {mailbox}\ncat >> {mailbox}\n")
+    (bindir / "sendmail").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{__import__('os').environ['PATH']}")
+    path = tmp_path / "s"
+    run_simulation(make_config(result_path=path, n_replicates=6), "inline", progress=False, emit=lambda s: None,
+                   notify=["me@uni.edu"])
+    text = mailbox.read_text()
+    assert "args: -t" in text and "To: me@uni.edu" in text
+    assert "Subject: bayesim-hpc: s finished (completed)" in text
+    assert "6 succeeded, 0 failed, 0 missing of 6 tasks" in text and f"bayesim-hpc status {path}" in text
