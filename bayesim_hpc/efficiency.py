@@ -35,7 +35,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 __all__ = ["Run", "Element", "ClassFigures", "CellFigures", "Suggestion", "Efficiency", "parse_duration_s",
-           "parse_mem_mb", "parse_usage", "suggest", "class_figures", "SACCT_USAGE_FORMAT"]
+           "parse_mem_mb", "parse_usage", "suggest", "class_figures", "at_least_after_failures",
+           "SACCT_USAGE_FORMAT"]
 
 #: the sacct fields read (``-P``: ``|``-separated; one allocation row and its step rows per run)
 SACCT_USAGE_FORMAT = "JobID,State,Submit,Start,End,ElapsedRaw,TotalCPU,CPUTimeRAW,AllocCPUS,ReqMem,MaxRSS,NodeList"
@@ -268,8 +269,32 @@ def class_figures(elements: Iterable[Element], **margins: Any) -> list[ClassFigu
             core_h=sum(r.core_s for r in runs) / 3600 if runs else None, fit_core_h=fit_core_h,
             failed_core_h=sum(r.core_s for r in runs if r.state in _FAILED) / 3600 if runs else None,
             wait_p50_s=_p(waits, 50), wait_max_s=max(waits) if waits else None,
-            suggestion=suggest(rss, el, **margins)))
+            suggestion=at_least_after_failures(suggest(rss, el, **margins), runs, max(req_mem) if req_mem else None,
+                                               max((e.req_time_min for e in els if e.req_time_min), default=None))))
     return out
+
+
+def at_least_after_failures(s: Suggestion, runs: Sequence[Run], req_mem_mb: float | None,
+                            req_time_min: float | None, factor: float = 2.0) -> Suggestion:
+    """A run that ran out of memory (time) used all it had: its MaxRSS (elapsed) understates the
+    need, so the suggestion is at least ``factor`` times the request (as escalation would ask).
+
+    >>> oom = Run("1", "OUT_OF_MEMORY", max_rss_mb=290.0)
+    >>> at_least_after_failures(suggest([290.0], []), [oom], 300, None).mem_mb
+    768
+    """
+    mem, time_, basis = s.mem_mb, s.time_min, [s.basis]
+    if req_mem_mb and any(r.state == "OUT_OF_MEMORY" for r in runs):
+        floor = int(math.ceil(req_mem_mb * factor / 256)) * 256
+        if mem is None or mem < floor:
+            mem = floor
+            basis.append(f"runs ran out of memory: at least {factor:g} x the request {_mb(req_mem_mb)}")
+    if req_time_min and any(r.state == "TIMEOUT" for r in runs):
+        floor_t = int(math.ceil(req_time_min * factor / 5)) * 5
+        if time_ is None or time_ < floor_t:
+            time_ = floor_t
+            basis.append(f"runs ran out of time: at least {factor:g} x the request {req_time_min:g} min")
+    return s if (mem, time_) == (s.mem_mb, s.time_min) else Suggestion(mem, time_, "; ".join(basis))
 
 
 @dataclass

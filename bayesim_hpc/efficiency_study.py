@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .efficiency import (SACCT_USAGE_FORMAT, CellFigures, Efficiency, Element, Run, class_figures, parse_usage,
-                         suggest)
+from .efficiency import (SACCT_USAGE_FORMAT, CellFigures, Efficiency, Element, Run, at_least_after_failures,
+                         class_figures, parse_usage, suggest)
 from .errors import BayesimError
 from .executors import slurm_query as sq
 from .executors.slurm_job import read_done_record
@@ -84,6 +84,11 @@ def _segments(rd: ResultDir, raw: dict, space: Any, n_cells: int
     return acc, by_attempt, skipped
 
 
+def _num(job_id: Any) -> int:
+    """The number of a job id for ordering ("123"; anything else sorts first)."""
+    return int(job_id) if str(job_id).isdigit() else 0
+
+
 def _elements(subs: list[dict], shard_cells: dict[int, list[int]], by_attempt: dict[tuple[int, int], float]
               ) -> list[Element]:
     """The elements of the submission records, with the fit seconds of the segments they wrote.
@@ -94,7 +99,7 @@ def _elements(subs: list[dict], shard_cells: dict[int, list[int]], by_attempt: d
     out: list[Element] = []
     seen: set[int] = set()
     bases: dict[int, list[tuple[int, int]]] = {}  # shard -> sorted (base attempt, element number)
-    for sub in sorted(subs, key=lambda s: (s.get("time") or 0, int(s["job_id"]))):
+    for sub in sorted(subs, key=lambda s: (s.get("time") or 0, _num(s["job_id"]))):
         raw_res = sub.get("resources_raw") or {}
         attempts = dict(zip((int(s) for s in sub.get("shards", [])), (int(a) for a in sub.get("attempts", []))))
         packs = element_shards(sub)
@@ -145,7 +150,7 @@ def study_efficiency(path: str | Path, *, live: bool = True, run: Callable[..., 
     elements = _elements(subs, shard_cells, by_attempt)
     accounting = False
     if elements and live:
-        ids = sorted({str(s["job_id"]) for s in subs}, key=lambda j: int(j) if j.isdigit() else 0)
+        ids = sorted({str(s["job_id"]) for s in subs}, key=_num)
         try:
             usage = sacct_usage(ids, run=run)
             accounting = True
@@ -194,11 +199,14 @@ def _cells(frozen: Any, space: Any, acc: np.ndarray, elements: list[Element], me
            ) -> list[CellFigures]:
     rss: dict[int, list[float]] = {}
     classes: dict[int, set[str]] = {}
+    oom: dict[int, float] = {}  # the largest request of an element of the cell that ran out of memory
     for e in elements:
         vals = [r.max_rss_mb for r in e.runs if r.max_rss_mb is not None]
         for c in e.cells:
             rss.setdefault(c, []).extend(vals)
             classes.setdefault(c, set()).add(e.resources)
+            if e.req_mem_mb and any(r.state == "OUT_OF_MEMORY" for r in e.runs):
+                oom[c] = max(oom.get(c, 0.0), float(e.req_mem_mb))
     out = []
     for k in np.lexsort((space.cells[:, 1], space.cells[:, 0])):
         if space.hidden[k]:
@@ -213,7 +221,9 @@ def _cells(frozen: Any, space: Any, acc: np.ndarray, elements: list[Element], me
             rows=int(acc[k, 0]), succeeded=int(acc[k, 1]), failed=int(acc[k, 2]), fit_s=float(acc[k, 3]),
             fit_s_max=float(acc[k, 4]), resources=sorted(classes.get(int(k), ())),
             max_rss_p95_mb=float(np.percentile(vals, 95)) if vals else None, max_rss_max_mb=max(vals) if vals else None,
-            suggestion=suggest(vals, [], mem_margin=mem_margin) if vals else None))
+            suggestion=at_least_after_failures(suggest(vals, [], mem_margin=mem_margin),
+                                               [Run("", "OUT_OF_MEMORY")] if int(k) in oom else [],
+                                               oom.get(int(k)), None) if vals else None))
     return out
 
 

@@ -68,6 +68,23 @@ SACCT_REQUEUED_AND_FAILED = """\
 5_[2-9%2]|PENDING|2026-11-30T08:48:30|Unknown|Unknown|0|00:00:00|0|1|1G||None assigned
 """
 
+# the same array after it ended: 925_0 ran again after the requeue (waited 11 s from its requeue)
+SACCT_REQUEUED_DONE = """\
+925_0|REQUEUED|2026-11-30T09:05:02|2026-11-30T09:05:03|2026-11-30T09:05:10|7|00:00.002|7|1|1G||n1
+925_0.batch|CANCELLED|2026-11-30T09:05:03|2026-11-30T09:05:03|2026-11-30T09:05:11|8|00:00.002|8|1||1096K|n1
+925_1|COMPLETED|2026-11-30T09:05:02|2026-11-30T09:05:03|2026-11-30T09:05:43|40|00:00.396|40|1|1G||n1
+925_1.batch|COMPLETED|2026-11-30T09:05:03|2026-11-30T09:05:03|2026-11-30T09:05:43|40|00:00.396|40|1||323520K|n1
+925_0|COMPLETED|2026-11-30T09:05:11|2026-11-30T09:05:22|2026-11-30T09:06:02|40|00:00.413|40|1|1G||n1
+925_0.batch|COMPLETED|2026-11-30T09:05:22|2026-11-30T09:05:22|2026-11-30T09:06:02|40|00:00.413|40|1||323788K|n1
+"""
+
+# sbatch --mem=300M of a process that touches 600 MB: the cgroup killed it after 1 s, before the
+# 30 s accounting sample saw more than 3.4 MB
+SACCT_OOM = """\
+1044|OUT_OF_MEMORY|2026-11-30T09:22:16|2026-11-30T09:22:43|2026-11-30T09:22:44|1|00:00.286|1|1|300M||n1
+1044.batch|OUT_OF_MEMORY|2026-11-30T09:22:43|2026-11-30T09:22:43|2026-11-30T09:22:44|1|00:00.286|1|1||3460K|n1
+"""
+
 
 def test_parse_durations_and_sizes():
     assert parse_duration_s("00:01.079") == pytest.approx(1.079)
@@ -275,3 +292,28 @@ def test_report_has_an_efficiency_section(tmp_path):
     html_text = (path / "report.html").read_text()
     assert "Were the requests right?" in html_text and "no Slurm submissions recorded" in html_text
     assert "efficiency" in json.loads((path / "report.json").read_text())["sections"]
+
+
+def test_requeued_element_counts_both_runs():
+    runs = parse_usage(SACCT_REQUEUED_DONE)
+    by: dict = {}
+    for r in runs:
+        by.setdefault(r.job_id, []).append(r)
+    assert [r.wait_s for r in by["925_0"]] == [1, 11]
+    c = class_figures([_el(j, rs) for j, rs in by.items()])[0]
+    assert c.runs == 3 and c.retries == 1 and c.failed_runs == 0
+    assert c.core_h == pytest.approx((7 + 40 + 40) / 3600)
+    assert c.max_rss_max_mb == pytest.approx(323788 / 1024)
+    assert c.wait_max_s == 1  # waiting = the first run's; the requeue's wait is part of the retry
+
+
+def test_out_of_memory_runs_raise_the_suggestion_above_the_request():
+    (run,) = parse_usage(SACCT_OOM)
+    assert run.state == "OUT_OF_MEMORY" and run.req_mem_mb == 300 and run.max_rss_mb == pytest.approx(3460 / 1024)
+    c = class_figures([_el("1044", [run], cls="2min/300MB/1cpu", mem=300)])[0]
+    assert c.failed_runs == 1
+    # MaxRSS (3.4 MB) says nothing of the need: at least twice the request, rounded up to 256 MB
+    assert c.suggestion.mem_mb == 768 and "ran out of memory" in c.suggestion.basis
+    timeout = parse_usage(SACCT_OOM.replace("OUT_OF_MEMORY", "TIMEOUT"))
+    c = class_figures([Element("1044", "x", [0], [0], 300, 10, 1, False, 0.0, timeout)])[0]
+    assert c.suggestion.time_min == 20 and "ran out of time" in c.suggestion.basis  # 1 s elapsed says nothing
