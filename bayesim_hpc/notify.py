@@ -249,9 +249,12 @@ class Notifier:
 
     def check(self) -> None:
         """Send ``stalled`` when nothing progressed for ``stall_minutes`` (once per stall)."""
-        idle = self.clock() - self._last_change
-        if not self._stalled and idle >= self.settings.stall_minutes * 60:
-            self._stalled = True
+        with self._lock:  # the ticker thread and progress() both check
+            idle = self.clock() - self._last_change
+            fire = not self._stalled and idle >= self.settings.stall_minutes * 60
+            if fire:
+                self._stalled = True
+        if fire:
             self.event("stalled", "running",
                        f"nothing progressed for {idle / 60:.0f} minutes (jobs may wait in the queue, or hang); "
                        f"look with: bayesim-hpc status {self.directory}")
@@ -259,12 +262,13 @@ class Notifier:
     # --- sending --------------------------------------------------------------------------
     def event(self, kind: str, state: str, message: str = "", counts: dict[str, int] | None = None) -> bool:
         """Send one event to every target, unless one of this kind went out within the rate limit."""
-        now = self.clock()
-        last = self._last_sent.get(kind)
-        if last is not None and now - last < self.settings.min_interval_minutes * 60:
-            self.suppressed[kind] = self.suppressed.get(kind, 0) + 1
-            return False
-        self._last_sent[kind] = now
+        with self._lock:
+            now = self.clock()
+            last = self._last_sent.get(kind)
+            if last is not None and now - last < self.settings.min_interval_minutes * 60:
+                self.suppressed[kind] = self.suppressed.get(kind, 0) + 1
+                return False
+            self._last_sent[kind] = now
         c = counts or self.counts()
         data = payload(event=kind, state=state, study=self.study, directory=self.directory, total=c["total"],
                        succeeded=c["succeeded"], failed=c["failed"], missing=c["missing"], message=message)
