@@ -275,6 +275,9 @@ def test_cli_write_profile_and_status_efficiency(tmp_path, monkeypatch):
     res = CliRunner().invoke(main, ["status", str(path), "--no-live", "--efficiency"])
     assert res.exit_code == 0, res.output
     assert "succeeded: 40" in res.output and "efficiency of" in res.output and "not asking sacct" in res.output
+    res = CliRunner().invoke(main, ["status", str(path), "--no-live", "--efficiency", "--json"])
+    both = json.loads(res.output)
+    assert both["status"]["n_success"] == 40 and both["efficiency"]["elements"] == 4
 
 
 def test_study_pickle_is_never_loaded(tmp_path, monkeypatch):
