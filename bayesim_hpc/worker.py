@@ -1,7 +1,7 @@
 """The worker: run one shard's missing tasks and write them as durable segments.
 
 A worker reads which of its shard's tasks are already in valid segments, runs the rest,
-and writes a segment every ``min(chunk_size, checkpoint_every)`` tasks, every
+and writes a segment every ``tasks_per_segment`` tasks, every
 ``flush_seconds`` and when it is told to stop (SIGTERM, SIGUSR2 or SIGINT: the fit in
 progress is abandoned, finished tasks are flushed, and the worker exits with
 :data:`EXIT_STOPPED`). Memory is bounded by the buffer of unflushed tasks.
@@ -34,7 +34,7 @@ from typing import Callable
 from .config import Study
 from .manifest import scan_progress
 from .records import WorkerExit
-from .resultdir import ResultDir
+from .resultdir import ResultDir, runtime_tasks_per_segment
 from .storage import StorageFullError, atomic_write_text, ensure_shard_dir, shard_dir, study_stamp, write_segment
 from .task import TaskRecord, run_task
 
@@ -181,8 +181,7 @@ def run_shard(
     last_progress = 0.0
     runtime = frozen.raw.get("runtime", {})  # this run's settings (the driver writes them)
     max_errors = runtime.get("max_errors", study.max_errors)
-    flush_every = min(int(runtime.get("chunk_size", study.chunk_size)),
-                      int(runtime.get("checkpoint_every", study.checkpoint_every)))
+    tasks_per_segment = runtime_tasks_per_segment(runtime, study.tasks_per_segment)
     systematic = _SystematicFailure(runtime.get("stop_on_systematic_failure", study.stop_on_systematic_failure),
                                     len(indices), succeeded_before=bool((prog.state[indices] == 1).any()))
     n_failed_before = int((prog.state[indices] == 2).sum()) if not retry_failed else 0
@@ -244,7 +243,7 @@ def run_shard(
             for w in rec.warnings:  # every one: the driver folds repeats across workers (relay.FoldingEmit)
                 emit(f"[{rec.task_id}] WARNING {w}")
             now = time.monotonic()
-            if len(buffer) >= flush_every or now - last_flush >= flush_seconds:
+            if len(buffer) >= tasks_per_segment or now - last_flush >= flush_seconds:
                 flush()
             if now - last_progress >= 2.0:
                 try:

@@ -31,7 +31,7 @@ from tests.studies.linear import make_config  # noqa: E402
 def study(path: Path, delay: float):
     return make_config(result_path=path, data_grid={"n": [50, 100], "sigma": [0.5, 1.0]},
                        fit_grid={"model": ["a", "b"]}, n_replicates=125, retain="minimal", shard_size=100,
-                       chunk_size=25, fitter=MockFitter(delay=delay))
+                       tasks_per_segment=25, fitter=MockFitter(delay=delay))
 
 
 def timed(path: Path, delay: float, executor: str, **opts) -> tuple[float, object]:

@@ -17,7 +17,7 @@ PKG = Path(__file__).resolve().parents[1] / "bayesim_hpc"
 #: low to high. Lower layers never import higher ones.
 LAYERS: list[tuple[str, ...]] = [
     # plain data, pure functions, no I/O of their own
-    ("errors", "records", "seeding", "names", "retention", "diagnostics", "fingerprint", "relay", "sbc", "grid",
+    ("errors", "deprecation", "records", "seeding", "names", "retention", "diagnostics", "fingerprint", "relay", "sbc", "grid",
      "data", "history"),
     # the study definition, the fitters and metrics that run inside a task
     ("config", "fitters", "metrics", "locking"),

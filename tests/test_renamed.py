@@ -1,0 +1,63 @@
+"""Names renamed in 0.3 (issue 20): each old name warns once, naming the new one, and still works;
+result directories written before the renames still read."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import pytest
+
+from bayesim_hpc.config import Study
+from bayesim_hpc.deprecation import forget
+from bayesim_hpc.resultdir import runtime_tasks_per_segment
+
+from .studies.linear import make_config
+
+
+def _future_warnings(fn):
+    """(result of fn(), messages of the FutureWarnings it emitted)"""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        out = fn()
+    return out, [str(w.message) for w in seen if issubclass(w.category, FutureWarning)]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings():
+    forget()
+    yield
+    forget()
+
+
+@pytest.mark.parametrize("old", ["chunk_size", "checkpoint_every", "max_in_memory"])
+def test_old_tasks_per_segment_names_warn_once_and_work(old):
+    cfg, msgs = _future_warnings(lambda: make_config(**{old: 7}))
+    assert cfg.tasks_per_segment == 7
+    assert len(msgs) == 1 and old in msgs[0] and "tasks_per_segment" in msgs[0]
+    cfg, msgs = _future_warnings(lambda: make_config(**{old: 9}))
+    assert cfg.tasks_per_segment == 9 and msgs == []  # once per process
+
+
+def test_old_study_attributes_warn_and_read_tasks_per_segment():
+    cfg = make_config(tasks_per_segment=6)
+    for attr in ("chunk_size", "checkpoint_every", "flush_every"):
+        value, msgs = _future_warnings(lambda: getattr(cfg, attr))
+        assert value == 6 and len(msgs) == 1 and "tasks_per_segment" in msgs[0]
+
+
+def test_study_pickled_before_the_rename_loads():
+    cfg = make_config(tasks_per_segment=6)
+    state = {k: v for k, v in cfg.__dict__.items() if k != "tasks_per_segment"}
+    state.update(chunk_size=10, checkpoint_every=4)  # how a 0.2 study.pkl holds it
+    old = Study.__new__(Study)
+    old.__setstate__(state)
+    back = pickle.loads(pickle.dumps(old))
+    assert back.tasks_per_segment == 4 and "chunk_size" not in back.__dict__
+
+
+def test_runtime_settings_of_an_old_directory():
+    assert runtime_tasks_per_segment({"chunk_size": 10, "checkpoint_every": 4}, 100) == 4
+    assert runtime_tasks_per_segment({"chunk_size": 10}, 100) == 10
+    assert runtime_tasks_per_segment({"tasks_per_segment": 3, "chunk_size": 10}, 100) == 3
+    assert runtime_tasks_per_segment({}, 100) == 100
