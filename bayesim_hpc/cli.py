@@ -113,6 +113,26 @@ def _executor_options(executor: str, profile, partition, time_, mem, dry_run, de
     return opts
 
 
+def _throttle(executor: str, workers: int | None, max_running: int | None, opts: dict[str, Any]) -> int | None:
+    """Slurm's array throttle is --max-running (--workers, its old name there, warns); --workers
+    stays the local pool size. Puts max_running into ``opts``; returns the workers to pass."""
+    if executor != "slurm":
+        if max_running is not None:
+            raise click.UsageError(f"--max-running is the Slurm array throttle; for --executor {executor} "
+                                   "use --workers")
+        return workers
+    if workers is not None:
+        from .deprecation import renamed
+
+        renamed("--workers", "--max-running", where="bayesim-hpc with --executor slurm")
+        if max_running is not None and max_running != workers:
+            raise click.UsageError("give only --max-running (--workers is its old name on Slurm)")
+        max_running = workers
+    if max_running is not None:
+        opts["max_running"] = max_running
+    return None
+
+
 def _finish_code(result: Any) -> int:
     if result is None or result.reduce_outcome is None:
         return EXIT_OK
@@ -136,7 +156,7 @@ def main(debug: bool) -> None:
 _executor_opt = click.option("--executor", "-e", type=click.Choice(["inline", "local", "mock", "slurm"]),
                              default=None, help="Where tasks run (default: local for run, the last one for resume).")
 _workers_opt = click.option("--workers", "-j", type=int, default=None,
-                            help="Parallel workers (local/mock), or the array throttle %N (slurm).")
+                            help="Parallel workers of a local pool (local/mock).")
 
 
 _keep_going_opt = click.option(
@@ -146,6 +166,8 @@ _keep_going_opt = click.option(
 
 def _slurm_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed([
+        click.option("--max-running", type=int, default=None,
+                     help="Slurm array throttle %N: elements running at once (default 32)."),
         click.option("--profile", help="Cluster profile: a YAML file name in slurm_templates/ or a path."),
         click.option("--partition", help="Slurm partition (overrides the profile)."),
         click.option("--time", "time_", help="Time limit per array element, minutes (overrides the profile)."),
@@ -178,7 +200,7 @@ def _slurm_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
                    "measure or its prefix, e.g. coverage=0.01, bias__slope=0.02) is at most MCSE. Repeatable.")
 @click.option("--max-replicates", type=int, default=None, help="Cap of replicates per cell for --target-mcse.")
 @handle_errors
-def run(study_file, result_dir, executor, workers, profile, partition, time_, mem, detach, plan, target_minutes,
+def run(study_file, result_dir, executor, workers, max_running, profile, partition, time_, mem, detach, plan, target_minutes,
         task_seconds, dry_run, force, shard_size, progress, keep_going, target_mcse, max_replicates) -> None:
     """Run the study defined in STUDY_FILE (it defines `config = simulation_config(...)`).
 
@@ -198,6 +220,7 @@ def run(study_file, result_dir, executor, workers, profile, partition, time_, me
         return
     opts = _executor_options(executor, profile, partition, time_, mem, dry_run, detach, plan, target_minutes,
                              task_seconds)
+    workers = _throttle(executor, workers, max_running, opts)
     if target_mcse or max_replicates is not None:
         from .runner import run_adaptive
 
@@ -289,7 +312,7 @@ def status(result_dir, as_json, no_live) -> None:
 @click.option("--progress/--no-progress", default=None)
 @_keep_going_opt
 @handle_errors
-def resume(result_dir, executor, workers, profile, partition, time_, mem, detach, plan, target_minutes, task_seconds,
+def resume(result_dir, executor, workers, max_running, profile, partition, time_, mem, detach, plan, target_minutes, task_seconds,
            progress, keep_going) -> None:
     """Finish a study: run only its missing and failed tasks."""
     from .manifest import Manifest
@@ -301,6 +324,7 @@ def resume(result_dir, executor, workers, profile, partition, time_, mem, detach
         executor = runs[-1]["executor"] if runs else "local"
     opts = _executor_options(executor, profile, partition, time_, mem, False, detach, plan, target_minutes,
                              task_seconds)
+    workers = _throttle(executor, workers, max_running, opts)
     result = resume_simulation(result_dir, executor, workers=workers, progress=progress, keep_going=keep_going, **opts)
     sys.exit(_finish_code(result))
 

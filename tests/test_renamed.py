@@ -61,3 +61,30 @@ def test_runtime_settings_of_an_old_directory():
     assert runtime_tasks_per_segment({"chunk_size": 10}, 100) == 10
     assert runtime_tasks_per_segment({"tasks_per_segment": 3, "chunk_size": 10}, 100) == 3
     assert runtime_tasks_per_segment({}, 100) == 100
+
+
+def test_slurm_workers_is_max_running():
+    from bayesim_hpc.executors.slurm import SlurmExecutor
+
+    ex, msgs = _future_warnings(lambda: SlurmExecutor(workers=5))
+    assert ex.parallelism == 5 and len(msgs) == 1 and "max_running" in msgs[0]
+    ex, msgs = _future_warnings(lambda: SlurmExecutor(max_running=7))
+    assert ex.parallelism == 7 and msgs == []
+    with pytest.raises(ValueError, match="max_running"):
+        SlurmExecutor(workers=5, max_running=6)
+
+
+def test_cli_max_running_is_for_slurm_and_workers_maps_to_it():
+    import click
+
+    from bayesim_hpc.cli import _throttle
+
+    opts: dict = {}
+    workers, msgs = _future_warnings(lambda: _throttle("slurm", 4, None, opts))
+    assert workers is None and opts == {"max_running": 4}
+    assert len(msgs) == 1 and "--max-running" in msgs[0]
+    opts = {}
+    assert _throttle("slurm", None, 9, opts) is None and opts == {"max_running": 9}
+    assert _throttle("local", 3, None, opts) == 3
+    with pytest.raises(click.UsageError, match="--workers"):
+        _throttle("local", None, 3, {})

@@ -17,7 +17,7 @@ How a run goes (each step lives in its own module):
    escalation, the waves still waiting. What runs inside each element is ``slurm_job``.
 
 Example:
-    >>> run_simulation(config, executor="slurm", workers=64, profile="example-cluster")   # doctest: +SKIP
+    >>> run_simulation(config, executor="slurm", max_running=64, profile="example-cluster")   # doctest: +SKIP
     >>> run_simulation(config, executor="slurm", time=30, mem=4, detach=True)            # doctest: +SKIP
 """
 
@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import planning
+from ..deprecation import renamed
 from ..manifest import Manifest, scan_progress, set_shard
 from ..resultdir import ResultDir
 from . import slurm_limits
@@ -53,7 +54,8 @@ class SlurmExecutor:
     """Shards as Slurm array elements via submitit; see the module docstring.
 
     Args:
-        workers: the array throttle ``%N`` (elements of one array running at once; default 32).
+        max_running: the array throttle ``%N`` (elements of one array running at once; default
+            32). ``workers`` is its old name (it warns).
         max_attempts: submissions of a shard per run (first + resubmissions after failures).
         profile: a YAML file name in ``slurm_templates/`` (or a path); the arguments below win.
         partition, account, qos: as in sbatch. time: minutes per element (or "H:MM:SS").
@@ -85,10 +87,17 @@ class SlurmExecutor:
                  settle_s: float | None = None, tick: float = 1.0,
                  resources: Callable[[dict, dict], dict | None] | None = None, plan: str = "time",
                  target_element_min: float | None = None, task_seconds: Any = None, startup_s: float | None = None,
-                 pilot_tasks: int | None = None, escalate: dict[str, Any] | None = None):
-        self.parallelism = int(workers or 32)
+                 pilot_tasks: int | None = None, escalate: dict[str, Any] | None = None,
+                 max_running: int | None = None):
+        if workers is not None:
+            renamed("workers", "max_running", where="SlurmExecutor (the array throttle; --max-running on the "
+                    "command line)")
+            if max_running is not None and max_running != workers:
+                raise ValueError(f"pass only max_running, got max_running={max_running} and workers={workers}")
+            max_running = workers
+        self.parallelism = int(max_running or 32)
         if self.parallelism < 1:
-            raise ValueError("workers must be >= 1")
+            raise ValueError("max_running must be >= 1")
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         if plan not in ("time", "shards"):

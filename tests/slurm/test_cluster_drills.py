@@ -170,7 +170,7 @@ def test_node_lost_mid_run_study_finishes_every_task_once_and_status_names_it(tm
     lines: list[str] = []
     try:
         res = run_simulation(cfg_fn(path, fitter=MockFitter(delay=1.5)), "slurm", emit=lines.append,
-                             **{**FAST, "workers": 8, "settle_s": 5.0})
+                             **{**FAST, "max_running": 8, "settle_s": 5.0})
         node = fault.check()
         print("\n".join(lines))
         assert_same(res.summary, ref)  # every task exactly once, bit-identical to inline

@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 # fast polling for tests (the default is one scheduler query per 10 s); small allocations
 # plan="shards": one shard per element, so a test can point at "the element of shard 1"
-FAST = dict(poll_min_interval=1.0, settle_s=3.0, tick=0.25, time=5, mem=1, workers=8, progress=False, plan="shards")
+FAST = dict(poll_min_interval=1.0, settle_s=3.0, tick=0.25, time=5, mem=1, max_running=8, progress=False, plan="shards")
 
 
 def _cfg(path, **kw):
@@ -356,13 +356,13 @@ def test_driver_killed_after_sbatch_is_adopted_not_resubmitted(tmp_path, studies
         mp.setattr(Submitter, "record_submitted", die)
         with pytest.raises(RuntimeError, match="right after sbatch"):
             run_simulation(cfg_fn(path, fitter=MockFitter(delay=0.4)), "slurm", emit=lambda s: None,
-                           **{**FAST, "workers": 2})  # %2: two elements wait, pending, in the array
+                           **{**FAST, "max_running": 2})  # %2: two elements wait, pending, in the array
     assert sbatch_count() == n0 + 1
     (sub,) = manifest(path)["submissions"]
     assert sub["job_id"] is None and sub["shards"] == [0, 1, 2, 3]
 
     lines: list[str] = []
-    res = resume_simulation(path, "slurm", emit=lines.append, **{**FAST, "workers": 2})
+    res = resume_simulation(path, "slurm", emit=lines.append, **{**FAST, "max_running": 2})
     assert sbatch_count() == n0 + 1  # adopted: no second array
     assert_same(res.summary, ref)
     assert set(res.summary["attempt"]) == {1}
