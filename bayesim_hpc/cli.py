@@ -99,7 +99,7 @@ def _study_line(exc: BaseException, path: Path) -> str:
 
 def _executor_options(executor: str, profile, partition, time_, mem, dry_run, detach, plan=None, target_minutes=None,
                       task_seconds=None) -> dict[str, Any]:
-    opts = {k: v for k, v in dict(profile=profile, partition=partition, time=time_, mem=mem, plan=plan,
+    opts = {k: v for k, v in dict(profile=profile, partition=partition, time_min=time_, mem=mem, plan=plan,
                                   target_element_min=target_minutes, task_seconds=task_seconds).items()
             if v is not None}
     if executor == "slurm":
@@ -170,7 +170,8 @@ def _slurm_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Slurm array throttle %N: elements running at once (default 32)."),
         click.option("--profile", help="Cluster profile: a YAML file name in slurm_templates/ or a path."),
         click.option("--partition", help="Slurm partition (overrides the profile)."),
-        click.option("--time", "time_", help="Time limit per array element, minutes (overrides the profile)."),
+        click.option("--time", "time_", help="Time limit per array element: minutes, or H:MM:SS as in sbatch "
+                                             "(overrides the profile's time_min)."),
         click.option("--mem", help="Memory per array element, e.g. 4G (overrides the profile)."),
         click.option("--detach", is_flag=True, help="Submit and leave; check later with `status`."),
         click.option("--plan", type=click.Choice(["time", "shards"]), default=None,

@@ -1,7 +1,7 @@
 """Old names that still work for one release: each warns once per process, naming the new one.
 
 A renamed keyword, option, setting or column keeps working through :func:`renamed`: the
-first use of each old name in a process emits a :class:`FutureWarning` (shown by default,
+first use of each old name (in each place it can be given) in a process emits a :class:`FutureWarning` (shown by default,
 unlike ``DeprecationWarning``, so users of a study file see it too); later uses are quiet.
 The table of old and new names is in docs/architecture.md ("Renamed in 0.3").
 
@@ -23,14 +23,14 @@ from typing import Any
 
 __all__ = ["renamed", "renamed_kwargs", "forget"]
 
-_WARNED: set[str] = set()
+_WARNED: set[tuple[str, str]] = set()
 
 
 def renamed(old: str, new: str, *, where: str = "bayesim_hpc", stacklevel: int = 3) -> None:
-    """Warn (once per process for ``old``) that ``old`` is now called ``new``."""
-    if old in _WARNED:
+    """Warn (once per process for ``old`` in ``where``) that ``old`` is now called ``new``."""
+    if (old, where) in _WARNED:
         return
-    _WARNED.add(old)
+    _WARNED.add((old, where))
     warnings.warn(f"{where}: {old} is renamed {new}; the old name stops working in the next release",
                   FutureWarning, stacklevel=stacklevel)
 
@@ -55,7 +55,5 @@ def renamed_kwargs(kwargs: dict[str, Any], names: dict[str, str], *, where: str)
 
 def forget(old: str | None = None) -> None:
     """Let ``old`` (or every old name) warn again; for tests."""
-    if old is None:
-        _WARNED.clear()
-    else:
-        _WARNED.discard(old)
+    for key in [k for k in _WARNED if old is None or k[0] == old]:
+        _WARNED.discard(key)

@@ -271,7 +271,7 @@ def run_simulation(
             driver's lock (see :mod:`bayesim_hpc.locking`).
         keep_going: do not stop early when the first tasks all fail the same way (this run
             only; see ``stop_on_systematic_failure`` in :func:`simulation_config`).
-        executor_options: passed to the executor (e.g. ``profile=``, ``time_limit=`` for Slurm).
+        executor_options: passed to the executor (e.g. ``profile=``, ``time_min=`` for Slurm).
 
     Returns a :class:`SimulationResult`. Raises :class:`ErrorBudgetExceeded` when more
     than ``max_errors`` tasks failed (after writing the summary of what finished).

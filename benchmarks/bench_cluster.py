@@ -117,7 +117,7 @@ def run_cluster(args) -> None:
             path = tmp / f"slurm-{plan}"
             lines: list[str] = []
             t0 = time.perf_counter()
-            res = run_simulation(study(path, args.reps), "slurm", plan=plan, max_running=32, time=60, mem=2,
+            res = run_simulation(study(path, args.reps), "slurm", plan=plan, max_running=32, time_min=60, mem=2,
                                  poll_min_interval=2.0, tick=0.5, progress=False, emit=lines.append)
             wall = time.perf_counter() - t0
             assert res.complete, "the study did not complete"

@@ -74,7 +74,7 @@ def test_mock_time_limit_flushes_on_signal_then_requeues(tmp_path):
     ref = run_simulation(_cfg(tmp_path / "ref", **kw), "inline", progress=False, emit=lambda s: None).summary
     cfg = _cfg(tmp_path / "r", fitter=MockFitter(delay=0.35), **kw)
     lines = []
-    res = run_simulation(cfg, "mock", workers=2, time_limit=12.0, signal_delay=2.0, max_attempts=8,
+    res = run_simulation(cfg, "mock", workers=2, time_limit_s=12.0, signal_delay_s=2.0, max_attempts=8,
                          progress=False, emit=lines.append)
     pd.testing.assert_frame_equal(res.summary[COLS], ref[COLS], check_exact=True)
     # the first attempt got the warning signal, flushed what it had finished, and was requeued

@@ -88,3 +88,32 @@ def test_cli_max_running_is_for_slurm_and_workers_maps_to_it():
     assert _throttle("local", 3, None, opts) == 3
     with pytest.raises(click.UsageError, match="--workers"):
         _throttle("local", None, 3, {})
+
+
+def test_slurm_time_is_time_min(tmp_path):
+    from bayesim_hpc.executors.slurm import SlurmExecutor
+    from bayesim_hpc.executors.slurm_profile import Escalation, load_profile
+
+    ex, msgs = _future_warnings(lambda: SlurmExecutor(time=30))
+    assert ex.time_min == 30 and len(msgs) == 1 and "time_min" in msgs[0]
+    assert SlurmExecutor(time_min="1:30:00").time_min == 90
+    old = tmp_path / "old.yaml"
+    old.write_text("time: 45\nrules:\n  - match: {model: big}\n    time: 90\nescalate: {time_max: 100}\n")
+    prof, msgs = _future_warnings(lambda: load_profile(old))
+    assert prof["time_min"] == 45 and prof["rules"][0]["time_min"] == 90
+    assert prof["escalate"] == {"time_max_min": 100}
+    assert any("time_max_min" in m for m in msgs) and any("time is renamed time_min" in m for m in msgs)
+    ex = SlurmExecutor(profile=str(old))
+    assert ex.time_min == 45 and ex.escalation == Escalation(time_max_min=100)
+    assert ex.rules.for_cell({}, {"model": "big"}).time_min == 90
+    fn = SlurmExecutor(resources=lambda d, f: {"time": 20}).rules  # a resources function's old key
+    assert _future_warnings(lambda: fn.for_cell({}, {}).time_min)[0] == 20
+
+
+def test_mock_time_limit_is_time_limit_s():
+    from bayesim_hpc.executors.mock import MockSlurmExecutor
+
+    ex, msgs = _future_warnings(lambda: MockSlurmExecutor(workers=1, time_limit=12.0, signal_delay=3.0))
+    assert (ex.time_limit_s, ex.signal_delay_s) == (12.0, 3.0)
+    assert len(msgs) == 2 and all("_s" in m for m in msgs)
+    assert MockSlurmExecutor(workers=1, time_limit_s=5.0).time_limit_s == 5.0

@@ -18,7 +18,7 @@ How a run goes (each step lives in its own module):
 
 Example:
     >>> run_simulation(config, executor="slurm", max_running=64, profile="example-cluster")   # doctest: +SKIP
-    >>> run_simulation(config, executor="slurm", time=30, mem=4, detach=True)            # doctest: +SKIP
+    >>> run_simulation(config, executor="slurm", time_min=30, mem=4, detach=True)            # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -58,10 +58,11 @@ class SlurmExecutor:
             32). ``workers`` is its old name (it warns).
         max_attempts: submissions of a shard per run (first + resubmissions after failures).
         profile: a YAML file name in ``slurm_templates/`` (or a path); the arguments below win.
-        partition, account, qos: as in sbatch. time: minutes per element (or "H:MM:SS").
+        partition, account, qos: as in sbatch. time_min: minutes per element (or "H:MM:SS"; ``time``
+            is its old name and warns).
         mem: per element; a number is GB, a string like "500M"/"4G". cpus_per_task: default 1.
         setup: extra shell lines run before the job (after the profile's).
-        resources: ``f(data_spec, fit_spec) -> {"mem_gb": .., "time": .., "cpus_per_task": ..}``
+        resources: ``f(data_spec, fit_spec) -> {"mem_gb": .., "time_min": .., "cpus_per_task": ..}``
             per cell (besides the profile's ``rules``).
         plan: ``"time"`` (pack shards by cost, the default) or ``"shards"`` (one shard per element).
         target_element_min: minutes of work per element (default 25; at most half the time limit). task_seconds: a hint, seconds per task (number or ``{fit value: seconds}``).
@@ -88,7 +89,12 @@ class SlurmExecutor:
                  resources: Callable[[dict, dict], dict | None] | None = None, plan: str = "time",
                  target_element_min: float | None = None, task_seconds: Any = None, startup_s: float | None = None,
                  pilot_tasks: int | None = None, escalate: dict[str, Any] | None = None,
-                 max_running: int | None = None):
+                 max_running: int | None = None, time_min: int | str | None = None):
+        if time is not None:
+            renamed("time", "time_min", where="SlurmExecutor (minutes per array element)")
+            if time_min is not None and time_min != time:
+                raise ValueError(f"pass only time_min, got time_min={time_min!r} and time={time!r}")
+            time_min = time
         if workers is not None:
             renamed("workers", "max_running", where="SlurmExecutor (the array throttle; --max-running on the "
                     "command line)")
@@ -109,10 +115,10 @@ class SlurmExecutor:
         where = f"profile {profile}" if profile is not None else "profile"
         # where each request comes from, for --dry-run: the option, the profile, or our default
         self.sources = {key: "option" if arg is not None else where if any(k in prof for k in keys) else "default"
-                        for key, arg, keys in (("time", time, ("time",)), ("mem", mem, ("mem", "mem_gb")),
+                        for key, arg, keys in (("time", time_min, ("time_min",)), ("mem", mem, ("mem", "mem_gb")),
                                                ("cpus", cpus_per_task, ("cpus_per_task",)))}
         mem_given = mem if mem is not None else prof.get("mem", prof.get("mem_gb"))
-        self.base = Resources(time_min=minutes(pick(time, "time", 60)),
+        self.base = Resources(time_min=minutes(pick(time_min, "time_min", 60)),
                               # without a request, many clusters give a job a small DefMemPerCPU: ask for
                               # what a PyMC worker needs (~0.6 GB resident) with room to spare
                               mem_mb=mem_mb(mem_given if mem_given is not None else DEFAULT_MEM_GB),

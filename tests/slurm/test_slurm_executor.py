@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 # fast polling for tests (the default is one scheduler query per 10 s); small allocations
 # plan="shards": one shard per element, so a test can point at "the element of shard 1"
-FAST = dict(poll_min_interval=1.0, settle_s=3.0, tick=0.25, time=5, mem=1, max_running=8, progress=False, plan="shards")
+FAST = dict(poll_min_interval=1.0, settle_s=3.0, tick=0.25, time_min=5, mem=1, max_running=8, progress=False, plan="shards")
 
 
 def _cfg(path, **kw):
@@ -241,7 +241,7 @@ def test_time_limit_flushes_on_signal_and_finishes_after_requeue(tmp_path, studi
     path = tmp_path / "slurm"
     studies.append(path)
     lines: list[str] = []
-    opts = {**FAST, "time": 1}
+    opts = {**FAST, "time_min": 1}
     res = run_simulation(cfg_fn(path, fitter=MockFitter(delay=2.5)), "slurm", emit=lines.append, **opts)
     if not res.complete:  # the allocation may have ended at the limit instead: resume finishes it
         res = resume_simulation(path, "slurm", emit=lines.append, **opts)

@@ -16,7 +16,7 @@ from bayesim_hpc import reduce_results, resume_simulation, run_simulation
 from .linear import drill_config
 
 #: Slurm options of the real-cluster tests: fast polling (the default is a query per 10 s), small allocations
-SLURM_FAST = dict(poll_min_interval=1.0, settle_s=3.0, tick=0.25, time=5, mem=1)
+SLURM_FAST = dict(poll_min_interval=1.0, settle_s=3.0, tick=0.25, time_min=5, mem=1)
 
 
 def main() -> int:
