@@ -42,7 +42,8 @@ def expand_grid(grid: Mapping[str, Any] | pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class TaskRef:
-    """A task's indices (0-based) and id."""
+    """A task's positions, 0-based (the summary's ``data_idx``/``fit_idx``/``rep_idx`` and the
+    id ``d001_f001_r00001`` count from 1: the summary row has ``data_idx == ref.data_idx + 1``)."""
 
     index: int
     data_idx: int

@@ -31,6 +31,7 @@ import pandas as pd
 from .aggregate import cell_measures
 from .errors import BayesimError
 from .grid import space_from_raw
+from .names import DIAGNOSTIC_RENAMES
 from .resultdir import ResultDir
 from .storage import (STR_COLS, CorruptSegment, ForeignSegment, SegmentReadError, StorageFullError, _write_failed,
                       fsync_path, iter_segment_paths, read_rows, stamp_of_dir, study_stamp, temp_name)
@@ -258,10 +259,15 @@ def _write_grid_columns(f: h5py.File, raw: dict[str, Any], grid_cells: np.ndarra
                 ds[a:a + vals.size] = np.asarray(vals, dtype=object).astype(str).astype(object) if text else vals
 
 
+#: diagnostics columns in summary order; a directory of before 0.3 keeps its old names after them
+DIAGNOSTIC_ORDER = ("rhat_max", "ess_bulk_min", "ess_tail_min", "n_divergent", "n_max_treedepth",
+                    *DIAGNOSTIC_RENAMES)
+
+
 def _column_order(raw: dict[str, Any], numeric: list[str]) -> list[str]:
     metric_names = list(raw["metric_kinds"])
     metric_cols = [c for m in metric_names for c in numeric if c.split("__", 1)[0] == m]
-    diag = [c for c in ("rhat_max", "ess_bulk", "ess_tail", "divergent", "max_treedepth") if c in numeric]
+    diag = [c for c in DIAGNOSTIC_ORDER if c in numeric]
     rest = [c for c in numeric if c not in metric_cols and c not in diag and c not in _BACK]
     grid = [f"data_{c}" for c in raw["data_grid"]] + [f"fit_{c}" for c in raw["fit_grid"]]
     return (_FRONT + metric_cols + diag + [c for c in _BACK if c in numeric or c == "rep_idx"] + grid

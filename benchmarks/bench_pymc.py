@@ -109,7 +109,7 @@ def run_fitter_loop(datasets, seeds, fitter, fit_spec) -> dict:
             k: float(np.median([r.timing.get(k, 0.0) for r in results]))
             for k in ("build", "sampling", "diagnostics")
         },
-        "divergent": float(sum(r.diagnostics["divergent"] for r in results)),
+        "n_divergent": float(sum(r.diagnostics["n_divergent"] for r in results)),
         "rhat_max": float(max(r.diagnostics["rhat_max"] for r in results)),
         "results": results,
     }
@@ -424,7 +424,7 @@ def main(argv=None):
     print(f"(a) time outside nutpie.sample: {100 * a['outside_sample_share']:.1f} % of steady-state "
           f"fitter time (median per fit: build+with_data {1e3 * parts['build']:.1f} ms, "
           f"nutpie.sample {1e3 * parts['sampling']:.1f} ms, diagnostics {1e3 * parts['diagnostics']:.1f} ms)")
-    print(f"(a) divergences in all fits: {a['divergent']:.0f}; largest R-hat: {a['rhat_max']:.3f}")
+    print(f"(a) divergences in all fits: {a['n_divergent']:.0f}; largest R-hat: {a['rhat_max']:.3f}")
     for tag, st in (("(c)", c), ("(c2)", c2)):
         pc = st["parts"]
         print(f"{tag} per task, steady state (median ms): data()+with_data {1e3 * pc['build']:.2f}, "

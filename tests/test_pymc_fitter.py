@@ -131,14 +131,14 @@ def test_settings_override_from_fit_spec():
 def test_diagnostic_warnings_text():
     f = PyMCFitter(build_model, chains=4)
     st = f.settings({})
-    diag = {"divergent": 12.0, "max_treedepth": 3.0, "rhat_max": 1.05, "ess_bulk": 80.0, "ess_tail": 500.0}
+    diag = {"n_divergent": 12.0, "n_max_treedepth": 3.0, "rhat_max": 1.05, "ess_bulk_min": 80.0, "ess_tail_min": 500.0}
     w = f._warnings(diag, st)
     assert "12 divergent transitions" in w
     assert "R-hat 1.0500 > 1.01" in w
     assert "ESS bulk 80 < 400" in w
     assert any("maximum tree depth" in m for m in w)
     assert not any(m.startswith("ESS tail") for m in w)
-    ok = {"divergent": 0.0, "max_treedepth": 0.0, "rhat_max": 1.001, "ess_bulk": 900.0, "ess_tail": 900.0}
+    ok = {"n_divergent": 0.0, "n_max_treedepth": 0.0, "rhat_max": 1.001, "ess_bulk_min": 900.0, "ess_tail_min": 900.0}
     assert f._warnings(ok, st) == []
 
 
@@ -175,9 +175,9 @@ def test_draws_shapes_diagnostics_timing(fitter, data_a):
     assert (r.draws["sigma"] > 0).all()
     for col in DIAGNOSTIC_COLUMNS:
         assert col in r.diagnostics
-    assert r.diagnostics["divergent"] >= 0 and r.diagnostics["max_treedepth"] >= 0
+    assert r.diagnostics["n_divergent"] >= 0 and r.diagnostics["n_max_treedepth"] >= 0
     assert 1.0 - 0.05 < r.diagnostics["rhat_max"] < 1.1
-    assert r.diagnostics["ess_bulk"] > 50
+    assert r.diagnostics["ess_bulk_min"] > 50
     assert {"rhat.slope", "ess_bulk.slope", "ess_tail.slope"} <= set(r.diagnostics)
     assert {"build", "compile", "sampling", "diagnostics", "total"} <= set(r.timing)
     assert r.fit is not None and "posterior" in r.fit.groups()

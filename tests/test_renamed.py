@@ -117,3 +117,62 @@ def test_mock_time_limit_is_time_limit_s():
     assert (ex.time_limit_s, ex.signal_delay_s) == (12.0, 3.0)
     assert len(msgs) == 2 and all("_s" in m for m in msgs)
     assert MockSlurmExecutor(workers=1, time_limit_s=5.0).time_limit_s == 5.0
+
+
+OLD_DIAG = {"n_divergent": "divergent", "n_max_treedepth": "max_treedepth", "ess_bulk_min": "ess_bulk",
+            "ess_tail_min": "ess_tail"}
+
+
+def _make_0_2_directory(rdir):
+    """Run a study, then give its summary and cells the diagnostics names of 0.2."""
+    import json
+
+    import h5py
+    import pandas as pd
+
+    from bayesim_hpc import run_simulation
+
+    from bayesim_hpc import MockFitter
+
+    run_simulation(make_config(result_path=rdir, n_replicates=6, fitter=MockFitter(diverge_rate=0.5)), "inline",
+                   progress=False)
+    with h5py.File(rdir / "summary.h5", "r+") as f:
+        for where, key in ((f.attrs, "column_order"), (f["numbers"].attrs, "columns")):
+            where[key] = json.dumps([OLD_DIAG.get(c, c) for c in json.loads(where[key])])
+    cells = pd.read_csv(rdir / "cells.csv")
+    cells.rename(columns={"n_divergent__sum": "divergent__sum", "ess_bulk_min__min": "ess_bulk__min"}).to_csv(
+        rdir / "cells.csv", index=False)
+
+
+def test_old_diagnostics_columns_read_under_current_names(tmp_path):
+    from bayesim_hpc import load_results
+    from bayesim_hpc.names import current_name
+
+    rdir = tmp_path / "r"
+    _make_0_2_directory(rdir)
+    res = load_results(rdir)
+    s = res.summary
+    for new, old in OLD_DIAG.items():
+        assert current_name(old) == new
+        assert old in s.columns and new in s.columns
+        assert s[new].equals(s[old])
+    assert s["n_divergent"].sum() > 0
+    assert {"n_divergent__sum", "divergent__sum", "ess_bulk_min__min"} <= set(res.cells.columns)
+    assert (res.cells["n_divergent__sum"] == res.cells["divergent__sum"]).all()
+
+
+def test_fitter_returning_old_diagnostic_keys_warns_and_fills_new_columns(tmp_path):
+    from bayesim_hpc import FitResult, run_simulation
+    from bayesim_hpc.fitters.mock import MockFitter
+
+    class OldFitter(MockFitter):
+        def fit(self, data, fit_spec, seed, task_ctx):
+            r = super().fit(data, fit_spec, seed, task_ctx)
+            return FitResult(draws=r.draws, diagnostics={"divergent": 3.0, "ess_bulk": 10.0})
+
+    res, msgs = _future_warnings(lambda: run_simulation(make_config(result_path=tmp_path / "r", n_replicates=3,
+                                                                    fitter=OldFitter()), "inline", progress=False))
+    s = res.summary
+    assert (s["n_divergent"] == 3.0).all() and (s["ess_bulk_min"] == 10.0).all()
+    assert "divergent" not in s.columns
+    assert sum("n_divergent" in m for m in msgs) == 1

@@ -291,7 +291,7 @@ class PyMCFitter(_DataPath):
             idata = idata.idata.materialize()
         if isinstance(idata, _RawFit):
             draws = idata.draws
-            counts = {"divergent": idata.divergent, "max_treedepth": idata.max_treedepth}
+            counts = {"n_divergent": idata.divergent, "n_max_treedepth": idata.max_treedepth}
             idata = idata.idata
         else:
             post = idata.posterior
@@ -299,8 +299,8 @@ class PyMCFitter(_DataPath):
             stats = idata.sample_stats
             depth_name = "maxdepth_reached" if "maxdepth_reached" in stats else "reached_max_treedepth"
             counts = {
-                "divergent": float(stats["diverging"].values.sum()),
-                "max_treedepth": float(stats[depth_name].values.sum()) if depth_name in stats else float("nan"),
+                "n_divergent": float(stats["diverging"].values.sum()),
+                "n_max_treedepth": float(stats[depth_name].values.sum()) if depth_name in stats else float("nan"),
             }
         voi = [v for v in (data.vars_of_interest or []) if v in draws] or list(draws)
         diagnostics: dict[str, float] = summarize_draws(draws, voi)
@@ -426,17 +426,17 @@ class PyMCFitter(_DataPath):
 
     def _warnings(self, diag: Mapping[str, float], st: Mapping[str, Any]) -> list[str]:
         out = []
-        n_div = diag.get("divergent", 0.0)
+        n_div = diag.get("n_divergent", 0.0)
         if n_div > 0:
             out.append(f"{int(n_div)} divergent transitions")
-        n_depth = diag.get("max_treedepth", 0.0)
+        n_depth = diag.get("n_max_treedepth", 0.0)
         if n_depth > 0:
             out.append(f"{int(n_depth)} draws hit the maximum tree depth ({st['max_treedepth']})")
         r = diag.get("rhat_max", float("nan"))
         if r > self.rhat_threshold:
             out.append(f"R-hat {r:.4f} > {self.rhat_threshold:g}")
         ess_min = self.ess_per_chain * st["chains"]
-        for name, label in (("ess_bulk", "bulk"), ("ess_tail", "tail")):
+        for name, label in (("ess_bulk_min", "bulk"), ("ess_tail_min", "tail")):
             e = diag.get(name, float("nan"))
             if e < ess_min:
                 out.append(f"ESS {label} {e:.0f} < {ess_min:.0f}")
