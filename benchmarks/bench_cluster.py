@@ -70,7 +70,7 @@ def study(path: Path, reps: int):
 
     return simulation_config(
         data_grid={"n": [40, 1000]}, fit_grid={"model": ["robust"]}, data_generator=generate,
-        fitter=PyMCFitter(build_model, data=model_data, draws=500, tune=500, chains=2),
+        fitter=PyMCFitter(build_model, model_data=model_data, draws=500, tune=500, chains=2),
         metrics=[bias_metric(), coverage_metric(0.9)], n_replicates=reps, seed=7, retain="minimal",
         result_path=path, shard_size=10)
 

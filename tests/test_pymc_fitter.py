@@ -63,7 +63,7 @@ def make_data(n, seed):
 
 
 def model_data(data, fit_spec):
-    """The pm.Data values of build_model, for PyMCFitter(data=...)."""
+    """The pm.Data values of build_model, for PyMCFitter(model_data=...)."""
     return {"x": data.column("x"), "y_obs": data.column("y")}
 
 
@@ -151,16 +151,16 @@ def test_pickle_drops_caches():
     assert g.build_model is build_model
     h = pickle.loads(pickle.dumps(f))
     assert h.n_compiles == 0 and h.draws == 10
-    fd = PyMCFitter(build_model, draws=10, data=model_data)
+    fd = PyMCFitter(build_model, draws=10, model_data=model_data)
     fd._data_index["k"] = object()
     fd.n_builds = 2
     gd = cloudpickle.loads(cloudpickle.dumps(fd))
-    assert gd.data is model_data and len(gd._data_index) == 0 and gd.n_builds == 0
+    assert gd.model_data is model_data and len(gd._data_index) == 0 and gd.n_builds == 0
 
 
-def test_data_must_be_callable():
-    with pytest.raises(TypeError):
-        PyMCFitter(build_model, data={"x": [1.0]})
+def test_model_data_must_be_callable():
+    with pytest.raises(TypeError, match="model_data"):
+        PyMCFitter(build_model, model_data={"x": [1.0]})
 
 
 # --------------------------------------------------------------------------- nutpie
@@ -270,7 +270,7 @@ def test_diagnostic_warnings_from_a_real_fit(fitter, data_a):
 @pytest.mark.slow
 def test_keep_fit_only_if_warned(data_a):
     f = PyMCFitter(
-        build_model, draws=200, tune=200, chains=2, keep_draws_only_if_warned=True,
+        build_model, draws=200, tune=200, chains=2, keep_fit_only_if_warned=True,
         predict=predict_mean,
     )
     r = f.fit(data_a, SPEC, seed=11, task_ctx=None)
@@ -364,7 +364,7 @@ def test_compile_dir_applied_before_pymc_import_on_unpickle(tmp_path):
 
 @pytest.fixture(scope="module")
 def data_fitter():
-    return PyMCFitter(build_model, draws=200, tune=200, chains=2, data=model_data)
+    return PyMCFitter(build_model, draws=200, tune=200, chains=2, model_data=model_data)
 
 
 @pytest.mark.slow
@@ -401,7 +401,7 @@ def test_data_callable_contract_is_checked_when_building(data_a):
 
     for fn, err, text in ((missing, ValueError, "missing ['y_obs']"), (wrong, ValueError, "differs"),
                           (not_a_dict, TypeError, "must return a dict")):
-        f = PyMCFitter(build_model, draws=20, tune=20, chains=1, data=fn)
+        f = PyMCFitter(build_model, draws=20, tune=20, chains=1, model_data=fn)
         with pytest.raises(err, match=re.escape(text)):
             f.fit(data_a, SPEC, seed=1, task_ctx=None)
         assert f.n_compiles == 0
@@ -426,7 +426,7 @@ def test_data_callable_sampler_failure_is_raised_not_recompiled(data_fitter, dat
 
 @pytest.mark.slow
 def test_data_callable_literal_shape_compiles_per_shape(data_a, data_b, caplog):
-    f = PyMCFitter(build_fixed_n, draws=200, tune=200, chains=2, data=model_data)
+    f = PyMCFitter(build_fixed_n, draws=200, tune=200, chains=2, model_data=model_data)
     ra = f.fit(data_a, SPEC, seed=41, task_ctx=None)
     assert f.n_compiles == 1 and ra.draws["slope"].shape == (2, 200)
     # n=70: the literal shape is a constant of the graph, so the structure key sees it and

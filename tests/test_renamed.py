@@ -176,3 +176,35 @@ def test_fitter_returning_old_diagnostic_keys_warns_and_fills_new_columns(tmp_pa
     assert (s["n_divergent"] == 3.0).all() and (s["ess_bulk_min"] == 10.0).all()
     assert "divergent" not in s.columns
     assert sum("n_divergent" in m for m in msgs) == 1
+
+
+def test_pymc_fitter_old_keywords_warn_work_and_keep_the_fingerprint():
+    import cloudpickle
+
+    from bayesim_hpc import PyMCFitter
+    from bayesim_hpc.fingerprint import describe
+
+    def build(data, fit_spec):
+        return None
+
+    def model_data(data, fit_spec):
+        return {}
+
+    old, msgs = _future_warnings(lambda: PyMCFitter(build, data=model_data, keep_draws_only_if_warned=True))
+    assert old.model_data is model_data and old.keep_fit_only_if_warned is True
+    assert len(msgs) == 2 and any("model_data" in m for m in msgs) and any("keep_fit_only_if_warned" in m for m in msgs)
+    new = PyMCFitter(build, model_data=model_data, keep_fit_only_if_warned=True)
+    assert describe(new) == describe(old)
+    text = describe(new)  # described with the names of 0.2: directories frozen then still match
+    assert "  data = " in text and "keep_draws_only_if_warned = True" in text
+    value, msgs = _future_warnings(lambda: new.data)
+    assert value is model_data and len(msgs) == 1
+    # a fitter pickled before 0.3 holds its settings under the old names
+    state = new.__getstate__()
+    state["data"], state["keep_draws_only_if_warned"] = state.pop("model_data"), state.pop("keep_fit_only_if_warned")
+    back = PyMCFitter.__new__(PyMCFitter)
+    back.__setstate__(state)
+    assert back.model_data is model_data and back.keep_fit_only_if_warned is True
+    assert describe(back) == text
+    again = cloudpickle.loads(cloudpickle.dumps(back))
+    assert again.keep_fit_only_if_warned is True and "model_data" in again.__dict__
