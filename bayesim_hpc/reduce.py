@@ -32,6 +32,7 @@ from .aggregate import cell_measures
 from .errors import BayesimError
 from .grid import space_from_raw
 from .names import DIAGNOSTIC_RENAMES
+from .records import TaskState
 from .resultdir import ResultDir
 from .storage import (STR_COLS, CorruptSegment, ForeignSegment, SegmentReadError, StorageFullError, _write_failed,
                       fsync_path, iter_segment_paths, read_rows, stamp_of_dir, study_stamp, temp_name)
@@ -76,9 +77,10 @@ class Winners:
 
     @property
     def state(self) -> np.ndarray:
-        """Per task: 0 = no row, 1 = success, 2 = failed (of the winning row)."""
-        st = np.where(self.seg_of >= 0, 2, 0).astype(np.uint8)
-        st[(self.score >> 50) == 1] = 1
+        """Per task, a :class:`~bayesim_hpc.records.TaskState`: MISSING (no row), SUCCEEDED or
+        FAILED (of the winning row)."""
+        st = np.where(self.seg_of >= 0, TaskState.FAILED, TaskState.MISSING).astype(np.uint8)
+        st[(self.score >> 50) == 1] = TaskState.SUCCEEDED  # the score's top bits: 1 for a success
         return st
 
     def rows_won(self, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -36,6 +36,7 @@ from .executors.base import ProgressLine, RunContext, RunOutcome, default_shard_
 from .locking import DirLock
 from .manifest import Manifest, scan_progress
 from .reduce import reduce_results
+from .records import TaskState
 from .relay import FoldingEmit
 from .run_messages import report_end as _report_end
 from .run_messages import systematic_failure as _systematic_failure
@@ -232,7 +233,7 @@ def missing_shards(rd: ResultDir, study: Study, retry_failed: bool) -> tuple[lis
     for shard in rd.read_frozen().shards:
         idx = study.space.shard_indices(shard)
         st = prog.state[idx[active[idx]]]
-        if np.any(st == 0) or (retry_failed and np.any(st == 2)):
+        if np.any(st == TaskState.MISSING) or (retry_failed and np.any(st == TaskState.FAILED)):
             out.append(shard.shard_id)
     return out, prog
 

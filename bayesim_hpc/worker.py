@@ -33,7 +33,7 @@ from typing import Callable
 
 from .config import Study
 from .manifest import scan_progress
-from .records import WorkerExit
+from .records import TaskState, WorkerExit
 from .resultdir import ResultDir, runtime_tasks_per_segment
 from .storage import StorageFullError, atomic_write_text, ensure_shard_dir, shard_dir, study_stamp, write_segment
 from .task import TaskRecord, run_task
@@ -172,7 +172,7 @@ def run_shard(
         emit(f"[shard {shard_id}] ignoring segment {path.name}: {why}")
     indices = space.shard_indices(shard)
     active = space.active_mask()  # tasks of hidden cells (grid rows the study dropped) never run
-    todo = [int(i) for i in indices if active[i] and (prog.state[i] == 0 or (retry_failed and prog.state[i] == 2))]
+    todo = [int(i) for i in indices if active[i] and (prog.state[i] == TaskState.MISSING or (retry_failed and prog.state[i] == TaskState.FAILED))]
     out = ShardOutcome(shard_id, attempt, 0, 0, 0, len(indices) - len(todo))
     buffer: list[TaskRecord] = []
     seq = _next_seq(rd, shard_id, attempt)
@@ -183,8 +183,8 @@ def run_shard(
     max_errors = runtime.get("max_errors", study.max_errors)
     tasks_per_segment = runtime_tasks_per_segment(runtime, study.tasks_per_segment)
     systematic = _SystematicFailure(runtime.get("stop_on_systematic_failure", study.stop_on_systematic_failure),
-                                    len(indices), succeeded_before=bool((prog.state[indices] == 1).any()))
-    n_failed_before = int((prog.state[indices] == 2).sum()) if not retry_failed else 0
+                                    len(indices), succeeded_before=bool((prog.state[indices] == TaskState.SUCCEEDED).any()))
+    n_failed_before = int((prog.state[indices] == TaskState.FAILED).sum()) if not retry_failed else 0
 
     def flush() -> None:
         nonlocal seq, last_flush

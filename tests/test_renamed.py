@@ -42,7 +42,7 @@ def test_old_tasks_per_segment_names_warn_once_and_work(old):
 def test_old_study_attributes_warn_and_read_tasks_per_segment():
     cfg = make_config(tasks_per_segment=6)
     for attr in ("chunk_size", "checkpoint_every", "flush_every"):
-        value, msgs = _future_warnings(lambda: getattr(cfg, attr))
+        value, msgs = _future_warnings(lambda attr=attr: getattr(cfg, attr))
         assert value == 6 and len(msgs) == 1 and "tasks_per_segment" in msgs[0]
 
 

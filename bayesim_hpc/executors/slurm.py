@@ -34,6 +34,7 @@ import numpy as np
 from .. import planning
 from ..deprecation import renamed
 from ..manifest import Manifest, scan_progress, set_shard
+from ..records import TaskState
 from ..resultdir import ResultDir
 from . import slurm_limits
 from . import slurm_query as sq
@@ -387,7 +388,7 @@ class SlurmExecutor:
         idx = ctx.study.space.shard_indices(ctx.rd.read_frozen().shards[sid])
         prog = scan_progress(ctx.rd, ctx.study.n_tasks, sid)
         st = prog.state[idx]
-        return int(np.count_nonzero(st == 0))
+        return int(np.count_nonzero(st == TaskState.MISSING))
 
     def _record_failed(self, ctx: RunContext, sid: int, cause: str, why: str) -> bool:
         """Record the first missing task of a shard (the one its element was running) as failed."""
@@ -397,7 +398,7 @@ class SlurmExecutor:
         space = ctx.study.space
         idx = space.shard_indices(ctx.rd.read_frozen().shards[sid])
         state = scan_progress(ctx.rd, ctx.study.n_tasks, sid).state[idx]
-        gone = np.flatnonzero(state == 0)
+        gone = np.flatnonzero(state == TaskState.MISSING)
         if not gone.size:
             return False
         task = int(idx[gone[0]])
