@@ -286,10 +286,6 @@ class TaskSpace:
         return np.concatenate([b.cells[b.shard_cellpos] for b in self.blocks]) if self.blocks else \
             np.empty(0, dtype=np.int64)
 
-    def index_at_shard_pos(self, pos: int) -> int:
-        """Canonical index of the task at position ``pos`` of shard order."""
-        return int(self.shard_indices(Shard(-1, int(pos), int(pos) + 1))[0])
-
     def shard_indices(self, shard: Shard) -> np.ndarray:
         """Canonical indices of a shard's tasks, in the order the worker runs them."""
         pos = np.arange(shard.start, shard.stop, dtype=np.int64)

@@ -57,10 +57,6 @@ class ReduceOutcome:
     foreign: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _grid_frame(raw: dict[str, Any], key: str) -> pd.DataFrame:
-    return pd.DataFrame(raw[key])
-
-
 @dataclass
 class Winners:
     """For each task, which segment row represents it (``seg_of == -1``: no row)."""

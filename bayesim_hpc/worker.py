@@ -347,18 +347,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attempt", type=int, default=1)
     ap.add_argument("--retry-failed", action="store_true")
     ap.add_argument("--serve", action="store_true", help="run the shards named on stdin, one JSON line each")
-    ap.add_argument("--shard-map", help="JSON file mapping SLURM_ARRAY_TASK_ID to shard ids")
     args = ap.parse_args(argv)
     if args.serve:
         return _serve(args.result_dir)
+    if args.shard_id is None:
+        ap.error("give SHARD_ID (or --serve)")
     shard_id = args.shard_id
-    if shard_id is None:  # an array element: its shard comes from the array index
-        task = int(os.environ["SLURM_ARRAY_TASK_ID"])
-        shard_id = int(json.loads(Path(args.shard_map).read_text())[task])
-    attempt = args.attempt
-    if os.environ.get("BAYESIM_ATTEMPT_FROM_RESTART"):  # Slurm requeues keep argv; count restarts
-        attempt += int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-    out = run_shard(args.result_dir, shard_id, attempt, args.retry_failed, handle_signals=True)
+    out = run_shard(args.result_dir, shard_id, args.attempt, args.retry_failed, handle_signals=True)
     print(json.dumps({"shard_done": shard_id, "exit": out.exit_code, "run": out.n_run, "success": out.n_success,
                       "failed": out.n_failed}), flush=True)
     return out.exit_code
