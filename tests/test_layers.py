@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
     # progress as the segments and the scheduler tell it
     ("status",),
     # the driver
-    ("runner",),
+    ("runner", "prepare"),
     # the front doors
     ("cli", "__init__", "__main__"),
 ]
