@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import getpass
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -33,16 +32,18 @@ import numpy as np
 
 from .. import planning
 from ..deprecation import renamed
-from ..manifest import Manifest, scan_progress, set_shard
+from ..manifest import scan_progress
 from ..records import TaskState
 from ..resultdir import ResultDir
 from . import slurm_limits
 from . import slurm_query as sq
 from .base import RunContext, RunOutcome
+from .slurm_dry_run import _DryRun
 from .slurm_job import MAX_SELF_REQUEUES, read_done_record, run_element
+from .slurm_study_jobs import _StudyJobs
 from .slurm_profile import TEMPLATES_DIR, Escalation, ResourceRules, Resources, load_profile, mem_mb, minutes
-from .slurm_submit import LIVE, Elem, Pack, Submitter, adopt, element_shards, job_name
-from .slurm_watch import Monitor, MonitorSettings, reason_of
+from .slurm_submit import Elem, Pack, Submitter, adopt, job_name
+from .slurm_watch import Monitor, MonitorSettings
 
 __all__ = ["SlurmExecutor", "job_name", "load_profile", "MAX_SELF_REQUEUES", "TEMPLATES_DIR"]
 
@@ -51,7 +52,7 @@ __all__ = ["SlurmExecutor", "job_name", "load_profile", "MAX_SELF_REQUEUES", "TE
 DEFAULT_MEM_GB = 2
 
 
-class SlurmExecutor:
+class SlurmExecutor(_DryRun, _StudyJobs):
     """Shards as Slurm array elements via submitit; see the module docstring.
 
     Args:
@@ -409,140 +410,3 @@ class SlurmExecutor:
         write_segment(ctx.rd.path, sid, attempt, 90000, [rec], draws_dtype=ctx.study.draws_dtype,
                       compression=ctx.study.compression)
         return True
-
-    def _dry_run(self, ctx: RunContext, name: str, attempts: dict[int, int]) -> RunOutcome:
-        try:
-            mas = sq.max_array_size()
-            known = f"MaxArraySize {mas}"
-        except sq.SlurmCommandError:
-            mas, known = 1001, "MaxArraySize unknown (scontrol not reachable), assumed 1001"
-        try:
-            slots = self.slots()
-            limits = slurm_limits.read_limits(account=self.base.account, qos=self.base.qos)
-        except sq.SlurmCommandError:
-            slots, limits = self.parallelism, None
-        model = self.figures(ctx, attempts, write=False) if self.plan == "time" else None
-        packs = self.make_plan(ctx, list(ctx.shard_ids), model, None, slots)
-        frozen = ctx.rd.read_frozen().shards
-        space = ctx.study.space
-        if model is not None:
-            pe = [planning.PlannedElement(p.shards, sum(frozen[s].n_tasks for s in p.shards), p.predicted_s or 0,
-                                          p.resources) for p in packs]
-            specs = lambda k: f"{ctx.study.data_spec(int(space.cells[k, 0]))} {ctx.study.fit_spec(int(space.cells[k, 1]))}"  # noqa: E501,E731
-            for line in planning.describe_plan(space, model, pe, slots=slots,
-                                               target_s=min(self.target_s(p.resources) for p in packs),
-                                               label=lambda r: r.label(), specs=specs):
-                ctx.emit(line)
-        if limits is not None:
-            ctx.emit(f"scheduler limits: {limits.describe()}")
-        classes: dict[Any, list[Pack]] = {}
-        for p in packs:
-            classes.setdefault(p.resources, []).append(p)
-        n_arrays = sum(len(sq.split_array(list(range(len(g))), mas)) for g in classes.values())
-        src = self.sources
-        ctx.emit(f"requests per element: time {self.base.time_min} min ({src['time']}), memory "
-                 f"{self.base.mem} ({src['mem']}), {self.base.cpus_per_task} cpu(s) ({src['cpus']}); per-cell rules "
-                 f"and escalation may raise them")
-        ctx.emit(f"slurm dry run: {len(ctx.shard_ids)} shard(s) in {len(packs)} element(s), {len(classes)} resource "
-                 f"class(es), {n_arrays} array(s) ({known}, throttle %{self.parallelism}), job name {name}; "
-                 "nothing is submitted")
-        k = 0
-        for res, group in classes.items():
-            for batch in sq.split_array(list(range(len(group))), mas):
-                k += 1
-                n = len(batch)
-                spec = f"--array=0-{n - 1}%{min(self.parallelism, n)}" if n > 1 else "(a single job, no array)"
-                n_tasks = sum(frozen[s].n_tasks for i in batch for s in group[i].shards)
-                ctx.emit(f"array {k} [{res.label()}]: {spec} ({n} element(s), {n_tasks} task(s)); index i runs:")
-                for j, i in enumerate(batch):
-                    p = group[i]
-                    pred = f", predicted {p.predicted_s:.0f} s" if p.predicted_s is not None else ""
-                    shards = ", ".join(f"{s} ({self._task_range(ctx, frozen[s])}, attempt {attempts[s]})"
-                                       for s in p.shards[:4]) + (f", ... {len(p.shards) - 4} more" if len(p.shards) > 4 else "")
-                    ctx.emit(f"  [{j}] shard(s) {shards}{pred}")
-                    first = p.shards[0]
-                    ctx.emit(f"      to debug it here once the study is frozen: {sys.executable} -m bayesim_hpc.worker "
-                             f"{ctx.rd.path} {first} "
-                             f"--attempt {attempts[first]}" + (" (and the same for its other shards)"
-                                                               if len(p.shards) > 1 else ""))
-                ctx.emit(f"--- sbatch script of array {k} (submitit) ---")
-                for line in self.render_script(ctx.rd, name, n, res).splitlines():
-                    ctx.emit(line)
-                ctx.emit("--- end ---")
-        return RunOutcome(detached=True, dry_run=True)
-
-    @staticmethod
-    def _task_range(ctx: RunContext, shard: Any) -> str:
-        """A shard's tasks by id: ``d001_f001_r00001 .. d001_f001_r00010 (10 tasks)``."""
-        idx = ctx.study.space.shard_indices(shard)
-        space = ctx.study.space
-        return f"{space.task_id(int(idx[0]))} .. {space.task_id(int(idx[-1]))}, {len(idx)} tasks"
-
-    # ----------------------------------------------------------------------------- status / cancel
-    def live_states(self, rd: ResultDir | str | Path) -> dict[int, dict]:
-        """shard -> {"state", "reason", "job_id"} of each shard's latest element, in one scheduler query."""
-        rd = rd if isinstance(rd, ResultDir) else ResultDir(rd)
-        subs = [s for s in Manifest(rd).read().get("submissions", []) if s.get("executor") == "slurm" and s.get("job_id")]
-        if not subs:
-            return {}
-        states = sq.query_jobs(job_name(rd), job_ids=sorted({str(s["job_id"]) for s in subs}, key=int))
-        by_id = {s.job_id: s for s in states}
-        out: dict[int, dict] = {}
-        for sub in sorted(subs, key=lambda s: int(s["job_id"])):
-            packs = element_shards(sub)
-            n = len(packs)
-            for i, shards in enumerate(packs):
-                eid = f"{sub['job_id']}_{i}" if n > 1 else str(sub["job_id"])
-                st = by_id.get(eid) or by_id.get(f"{sub['job_id']}_{i}")
-                if st is not None:
-                    for shard in shards:
-                        out[int(shard)] = {"state": st.state, "reason": reason_of(st), "job_id": eid}
-        return out
-
-    def element_times(self, rd: ResultDir | str | Path) -> list[dict]:
-        """Predicted vs measured seconds of each submitted element (from the done records)."""
-        rd = rd if isinstance(rd, ResultDir) else ResultDir(rd)
-        out = []
-        for sub in Manifest(rd).read().get("submissions", []):
-            if sub.get("executor") != "slurm" or not sub.get("job_id"):
-                continue
-            elements = sub.get("elements") or []
-            preds = sub.get("predicted_s") or [None] * len(elements)
-            for eid, shards, pred in zip(elements, element_shards(sub), preds):
-                rec = read_done_record(rd.path.resolve(), eid)
-                took = (rec["ended"] - rec["started"]) if rec and rec.get("ended") and rec.get("started") else None
-                out.append({"job_id": eid, "shards": shards, "resources": sub.get("resources"),
-                            "predicted_s": pred, "measured_s": took})
-        return out
-
-    def cancel(self, rd: ResultDir | str | Path) -> list[str]:
-        """Cancel every job of the study (recorded or not); returns the job ids scancel was given."""
-        rd = rd if isinstance(rd, ResultDir) else ResultDir(rd)
-        name = job_name(rd)
-        ids = {str(s["job_id"]) for s in Manifest(rd).read().get("submissions", [])
-               if s.get("executor") == "slurm" and s.get("job_id")}
-        try:
-            live = [s for s in sq.query_jobs(name, use_sacct=False) if s.state in LIVE]
-        except sq.SlurmCommandError:
-            live = []
-        ids |= {s.array_job_id or s.job_id for s in live}
-        if not ids:
-            return []
-        ordered = sorted(ids, key=int)
-        sq.cancel_jobs(ordered)
-        shards = self._shards_of(rd, live)
-        if shards:
-            Manifest(rd).update(lambda d: [set_shard(d, s, state="CANCELLED", reason="cancelled by bayesim-hpc cancel")
-                                           for s in shards])
-        return ordered
-
-    def _shards_of(self, rd: ResultDir, states: list[sq.JobState]) -> list[int]:
-        subs = {str(s["job_id"]): s for s in Manifest(rd).read().get("submissions", []) if s.get("job_id")}
-        out = []
-        for st in states:
-            sub = subs.get(st.array_job_id or st.job_id)
-            idx = st.array_task_id or 0
-            if sub and idx < len(element_shards(sub)):
-                out += element_shards(sub)[idx]
-        return out
-
