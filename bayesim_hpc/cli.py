@@ -474,7 +474,7 @@ def clean(result_dir, keep_n) -> None:
 @handle_errors
 def replay(result_dir, task_id, use_pdb) -> None:
     """Re-run one task in this process with its exact seeds (to debug a failure)."""
-    from .reduce import read_summary
+    from .summary_file import read_summary
     from .resultdir import ResultDir
     from .task import run_task, task_context
 

@@ -27,7 +27,7 @@ from .locking import DirLock
 from .records import TaskState
 from .resultdir import ResultDir
 from .storage import (CorruptSegment, ForeignSegment, SegmentReadError, atomic_write_text, iter_segment_paths,
-                      stamp_of_dir)
+                      read_segment_rows, stamp_of_dir)
 
 __all__ = ["Manifest", "set_shard", "Progress", "scan_progress", "DONE_STATES"]
 
@@ -148,8 +148,6 @@ def scan_progress(rd: ResultDir, n_tasks: int, shard_id: int | None = None,
     listed and their tasks count as missing: running them again is safe, because the
     reducer keeps exactly one row per task.
     """
-    from .reduce import read_segment_rows
-
     if stamp is None:
         stamp = stamp_of_dir(rd.path)
     state = np.full(n_tasks, TaskState.MISSING, dtype=np.uint8)

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     # one task; durable storage of its record
     ("task", "storage"),
     # the result directory and the readers of what workers wrote
-    ("resultdir", "extend", "reduce", "aggregate", "compare", "manifest", "checkpoints", "planning"),
+    ("resultdir", "extend", "summary_file", "reduce", "aggregate", "compare", "manifest", "checkpoints", "planning"),
     # what runs on a compute node, and what reads the results
     ("worker", "results", "report", "report_plots", "export", "preflight", "recompute", "adaptive",
      "run_messages"),
