@@ -208,3 +208,40 @@ def test_pymc_fitter_old_keywords_warn_work_and_keep_the_fingerprint():
     assert describe(back) == text
     again = cloudpickle.loads(cloudpickle.dumps(back))
     assert again.keep_fit_only_if_warned is True and "model_data" in again.__dict__
+
+
+def test_directory_frozen_before_the_rename_resumes_with_its_tasks_per_segment(tmp_path):
+    """A 0.2 directory: study.pkl holds chunk_size/checkpoint_every, study.json runtime the old
+    keys. resume reads them (the smaller counts) and runs the missing tasks in segments of 3."""
+    import hashlib
+    import json
+    import shutil
+
+    import cloudpickle
+
+    from bayesim_hpc import resume_simulation, run_simulation
+    from bayesim_hpc.storage import iter_segment_paths
+
+    rdir = tmp_path / "r"
+    cfg = make_config(result_path=rdir, n_replicates=12, shard_size=12)
+    run_simulation(cfg, "inline", progress=False)
+    ref = run_simulation(make_config(result_path=tmp_path / "ref", n_replicates=12, shard_size=12), "inline",
+                         progress=False).summary
+    old = Study.__new__(Study)  # the study as 0.2 pickled it
+    old.__dict__.update({k: v for k, v in cfg.__dict__.items() if k not in ("tasks_per_segment", "space")},
+                        chunk_size=4, checkpoint_every=3)
+    blob = cloudpickle.dumps(old)
+    (rdir / "study.pkl").write_bytes(blob)
+    raw = json.loads((rdir / "study.json").read_text())
+    raw["study_pkl_sha256"] = hashlib.sha256(blob).hexdigest()
+    raw["runtime"] = {k: v for k, v in raw["runtime"].items() if k != "tasks_per_segment"}
+    raw["runtime"].update(chunk_size=4, checkpoint_every=3)
+    raw.update(chunk_size=4, checkpoint_every=3)
+    (rdir / "study.json").write_text(json.dumps(raw))
+    shutil.rmtree(rdir / "shards")  # every task missing again
+    (rdir / "summary.h5").unlink()
+    res = resume_simulation(rdir, "inline", progress=False)
+    assert len(list(iter_segment_paths(rdir))) == 4  # 12 tasks, 3 per segment
+    assert json.loads((rdir / "study.json").read_text())["runtime"]["tasks_per_segment"] == 3
+    cols = ["task_id", "status", "bias__slope", "rmse__slope"]
+    assert res.summary[cols].equals(ref[cols])
