@@ -57,7 +57,7 @@ def main() -> None:
         wall, _ = timed(tmp / "local", args.delay, "local", workers=args.workers)
         rows.append((f"local pool ({args.workers} workers)", wall, None))
         for poll in (10.0, 1.0):
-            wall, counts = timed(tmp / f"slurm-{poll:g}", args.delay, "slurm", workers=args.throttle, time=10, mem=1,
+            wall, counts = timed(tmp / f"slurm-{poll:g}", args.delay, "slurm", max_running=args.throttle, time_min=10, mem=1,
                                  poll_min_interval=poll)
             rows.append((f"slurm (%{args.throttle}, poll {poll:g} s)", wall, counts))
     finally:
