@@ -37,6 +37,8 @@
 #                               (node k listens on _SLURMD_PORT + 10 + k)
 #   LOCAL_SLURM_TIMEOUT         seconds to wait for each daemon, default 60
 #
+# Partitions: debug (Default) and other, both MaxTime=INFINITE; short: MaxTime=30 min,
+# DefaultTime=10, MaxMemPerNode=4000 (all on every node).
 # Node loss drill: kill one node's slurmd (pid file run/slurmd-n1.pid) and its slurmstepds; after
 # SlurmdTimeout (10 s) the node is DOWN and its jobs NODE_FAIL. `start` brings it back.
 # Everything lives under $LOCAL_SLURM_DIR; nothing in /etc or /run is written by this script
@@ -251,6 +253,8 @@ Waittime=0
 ${nodes%$'\n'}
 PartitionName=debug Nodes=$NODE_LIST Default=YES MaxTime=INFINITE State=UP
 PartitionName=other Nodes=$NODE_LIST Default=NO MaxTime=INFINITE State=UP
+# smaller limits, so that partition choice has something to choose (tests/slurm/test_partitions.py)
+PartitionName=short Nodes=$NODE_LIST Default=NO MaxTime=30 DefaultTime=10 MaxMemPerNode=4000 State=UP
 EOF
 
   if [ "$ACCOUNTING" = 1 ]; then
