@@ -26,6 +26,7 @@ from __future__ import annotations
 import getpass
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +39,7 @@ from . import slurm_limits
 from . import slurm_query as sq
 from .base import RunContext, RunOutcome
 from .slurm_job import MAX_SELF_REQUEUES, read_done_record, run_element
+from .slurm_partitions import Placement
 from .slurm_profile import TEMPLATES_DIR, Escalation, ResourceRules, Resources, load_profile, mem_mb, minutes
 from .slurm_submit import LIVE, Elem, Pack, Submitter, adopt, element_shards, job_name
 from .slurm_watch import Monitor, MonitorSettings, reason_of
@@ -111,6 +113,8 @@ class SlurmExecutor:
                               partition=pick(partition, "partition"), account=pick(account, "account"),
                               qos=pick(qos, "qos"))
         self.rules = ResourceRules(self.base, prof.get("rules"), resources)
+        # partition choice per resource class (slurm_partitions); profile key partitions: candidates
+        self.placement = Placement(prof.get("partitions"), self.base.account, self.base.qos)
         self.escalation = Escalation.from_profile({**(prof.get("escalate") or {}), **(escalate or {})})
         self.time_min = self.base.time_min
         self.setup = list(prof.get("setup") or []) + list(setup or [])
@@ -161,7 +165,7 @@ class SlurmExecutor:
             "signal_delay_s": self.signal_delay(res), "array_parallelism": min(self.parallelism, max(1, n)),
             "setup": setup, "additional_parameters": dict(self.additional),
         }
-        for key, value in (("partition", res.partition), ("account", res.account), ("qos", res.qos),
+        for key, value in (("partition", self.placement.choose(res).partition), ("account", res.account), ("qos", res.qos),
                            ("mem", res.mem)):
             if value is not None:
                 params[key] = value
@@ -282,7 +286,7 @@ class SlurmExecutor:
         return [Pack(e.shards, e.resources, round(e.predicted_s, 1)) for e in plan]
 
     def slots(self) -> int:
-        cpus = slurm_limits.cluster_slots(self.base.partition)
+        cpus = slurm_limits.cluster_slots(self.placement.choose(self.base).partition)
         slots = self.parallelism if cpus is None else min(self.parallelism, max(1, cpus // self.base.cpus_per_task))
         return slots
 
@@ -307,6 +311,8 @@ class SlurmExecutor:
         adopted = adopt(ctx, name, folder, set(ctx.shard_ids))
         taken = {s for e in adopted for s in e.open}
         todo = [s for s in ctx.shard_ids if s not in taken]
+        if todo:
+            self.check_partitions(ctx, todo)  # a request no partition holds: refused before anything is submitted
         limits = slurm_limits.read_limits(account=self.base.account, qos=self.base.qos) if todo else None
         mas = (limits.max_array_size if limits else None) or sq.max_array_size()
         slots = self.slots()
@@ -364,6 +370,21 @@ class SlurmExecutor:
             return RunOutcome(detached=True)
         return mon.loop()
 
+    def check_partitions(self, ctx: RunContext, shards: list[int]) -> list[tuple[Resources, Any]]:
+        """The partition choice of every resource class of ``shards`` (raises ``PartitionError``), and
+        the OUT_OF_MEMORY/TIMEOUT escalation capped at the largest usable partition."""
+        res_of = self.shard_resources(ctx)
+        classes = list(dict.fromkeys([self.base] + [res_of(s) for s in shards]))
+        out = [(res, self.placement.choose(res)) for res in classes]
+        top_time, top_mem = self.placement.limits()
+        esc = self.escalation
+        if top_time is not None and top_time < esc.time_max:
+            esc = replace(esc, time_max=top_time)
+        if top_mem is not None and top_mem / 1024 < esc.mem_max_gb:
+            esc = replace(esc, mem_max_gb=top_mem / 1024)
+        self.escalation = esc
+        return out
+
     def _seen_attempt(self, ctx: RunContext, sid: int) -> int:
         entry = ctx.manifest.read().get("shards", {}).get(str(sid), {})
         return max(int(entry.get("attempts", 0) or 0), int(ctx.shard_progress(sid).get("attempt", 0) or 0))
@@ -400,6 +421,8 @@ class SlurmExecutor:
             known = f"MaxArraySize {mas}"
         except sq.SlurmCommandError:
             mas, known = 1001, "MaxArraySize unknown (scontrol not reachable), assumed 1001"
+        ctx.emit(self.placement.describe())
+        self.check_partitions(ctx, list(ctx.shard_ids))  # PartitionError: shown as the dry run's error
         try:
             slots = self.slots()
             limits = slurm_limits.read_limits(account=self.base.account, qos=self.base.qos)
@@ -438,6 +461,9 @@ class SlurmExecutor:
                 spec = f"--array=0-{n - 1}%{min(self.parallelism, n)}" if n > 1 else "(a single job, no array)"
                 n_tasks = sum(frozen[s].n_tasks for i in batch for s in group[i].shards)
                 ctx.emit(f"array {k} [{res.label()}]: {spec} ({n} element(s), {n_tasks} task(s)); index i runs:")
+                choice = self.placement.choose(res)
+                ctx.emit(f"  partition {choice.partition or '(Slurm default)'}: {choice.why}"
+                         + "".join(f"; {note}" for note in choice.notes))
                 for j, i in enumerate(batch):
                     p = group[i]
                     pred = f", predicted {p.predicted_s:.0f} s" if p.predicted_s is not None else ""

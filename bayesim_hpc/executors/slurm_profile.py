@@ -32,6 +32,7 @@ TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "slurm_templates"
 PROFILE_KEYS = {"partition", "account", "qos", "time", "mem_gb", "mem", "cpus_per_task", "setup", "additional",
                 "signal_delay_s", "python", "compile_dir", "rules", "escalate", "target_element_min",
                 "startup_s", "task_seconds", "pilot_tasks"}
+PROFILE_KEYS |= {"partitions"}  # candidates of the partition choice (slurm_partitions)
 _ESCALATE_KEYS = {"mem_factor", "mem_max_gb", "time_factor", "time_max", "max_escalations"}
 _RULE_KEYS = {"match", "time", "mem_gb", "mem", "cpus_per_task", "partition", "qos"}
 
@@ -75,6 +76,9 @@ def load_profile(profile: str | os.PathLike | None) -> dict[str, Any]:
         raise ValueError(f"{path}: 'setup' must be a list of shell lines")
     if data.get("additional") is not None and not isinstance(data["additional"], dict):
         raise ValueError(f"{path}: 'additional' must be a mapping of sbatch options to values")
+    parts = data.get("partitions")
+    if parts is not None and (not isinstance(parts, list) or not all(isinstance(p, str) for p in parts)):
+        raise ValueError(f"{path}: 'partitions' must be a list of partition names to choose from, like [short, long]")
     esc = data.get("escalate")
     if esc is not None and (not isinstance(esc, dict) or set(esc) - _ESCALATE_KEYS):
         raise ValueError(f"{path}: 'escalate' must be a mapping with keys from {sorted(_ESCALATE_KEYS)}")
