@@ -38,6 +38,7 @@ from ..resultdir import ResultDir
 from . import slurm_limits
 from . import slurm_query as sq
 from .base import RunContext, RunOutcome
+from .slurm_container import Container, Parity, check_environment, require_parity
 from .slurm_job import MAX_SELF_REQUEUES, read_done_record, run_element
 from .slurm_partitions import Placement
 from .slurm_profile import TEMPLATES_DIR, Escalation, ResourceRules, Resources, load_profile, mem_mb, minutes
@@ -121,6 +122,11 @@ class SlurmExecutor:
         self.additional = {"requeue": True, **(prof.get("additional") or {}), **(additional or {})}
         self.compile_dir = pick(compile_dir, "compile_dir")
         self.python = prof.get("python")
+        # workers in a container (slurm_container) and the check of their versions before submitting
+        self.container = Container.from_profile(prof.get("container"), where)
+        self.check_env = bool(prof.get("check_environment", True))
+        self._parity: Parity | None = None
+        self._study_file: str | None = None
         self.signal_delay_s = pick(signal_delay_s, "signal_delay_s")
         self.plan = plan
         self.target_element_min = float(pick(target_element_min, "target_element_min", 25.0))
@@ -165,6 +171,8 @@ class SlurmExecutor:
             "signal_delay_s": self.signal_delay(res), "array_parallelism": min(self.parallelism, max(1, n)),
             "setup": setup, "additional_parameters": dict(self.additional),
         }
+        if self.container is not None and self.container.srun_args():
+            params["srun_args"] = self.container.srun_args()
         for key, value in (("partition", self.placement.choose(res).partition), ("account", res.account), ("qos", res.qos),
                            ("mem", res.mem)):
             if value is not None:
@@ -177,8 +185,21 @@ class SlurmExecutor:
     def _submitter(self, rd: ResultDir, name: str) -> Submitter:
         if self.submitter is None or self.submitter.folder != self._folder(rd):
             self.submitter = Submitter(self._folder(rd), lambda res, n: self.sbatch_parameters(name, n, res),
-                                       self.python, self.max_attempts)
+                                       self.worker_python(rd), self.max_attempts)
         return self.submitter
+
+    def worker_python(self, rd: ResultDir) -> str | None:
+        """The element's interpreter command: the container's wrapper, the profile's python, or None
+        (submitit's default: this very interpreter)."""
+        if self.container is not None:
+            return self.container.python_command(rd.path.resolve(), self._study_file)
+        return self.python
+
+    def environment(self, rd: ResultDir) -> Parity:
+        """The workers' versions against the driver's, checked once per executor (slurm_container)."""
+        if self._parity is None:
+            self._parity = check_environment(self.worker_python(rd), enabled=self.check_env, container=self.container)
+        return self._parity
 
     def render_script(self, rd: ResultDir, name: str, n: int, res: Resources | None = None) -> str:
         """The exact sbatch script submitit writes for an array of ``n`` elements."""
@@ -302,6 +323,7 @@ class SlurmExecutor:
 
     def run(self, ctx: RunContext) -> RunOutcome:
         rd = ctx.rd
+        self._study_file = getattr(ctx.study, "study_file", None)
         name = job_name(rd)
         attempts = self._attempts(ctx)
         if self.dry_run:
@@ -313,6 +335,10 @@ class SlurmExecutor:
         todo = [s for s in ctx.shard_ids if s not in taken]
         if todo:
             self.check_partitions(ctx, todo)  # a request no partition holds: refused before anything is submitted
+            parity = self.environment(rd)
+            if parity.checked:
+                ctx.emit(parity.line)
+            require_parity(parity, self.worker_python(rd))  # other versions in the workers: refused too
         limits = slurm_limits.read_limits(account=self.base.account, qos=self.base.qos) if todo else None
         mas = (limits.max_array_size if limits else None) or sq.max_array_size()
         slots = self.slots()
@@ -423,6 +449,10 @@ class SlurmExecutor:
             mas, known = 1001, "MaxArraySize unknown (scontrol not reachable), assumed 1001"
         ctx.emit(self.placement.describe())
         self.check_partitions(ctx, list(ctx.shard_ids))  # PartitionError: shown as the dry run's error
+        if self.container is not None:
+            ctx.emit(self.container.describe())
+        parity = self.environment(ctx.rd)
+        ctx.emit(parity.line + ("" if parity.ok else " (a real run stops here, exit 9)"))
         try:
             slots = self.slots()
             limits = slurm_limits.read_limits(account=self.base.account, qos=self.base.qos)

@@ -33,6 +33,7 @@ PROFILE_KEYS = {"partition", "account", "qos", "time", "mem_gb", "mem", "cpus_pe
                 "signal_delay_s", "python", "compile_dir", "rules", "escalate", "target_element_min",
                 "startup_s", "task_seconds", "pilot_tasks"}
 PROFILE_KEYS |= {"partitions"}  # candidates of the partition choice (slurm_partitions)
+PROFILE_KEYS |= {"container", "check_environment"}  # workers in a container, version parity (slurm_container)
 _ESCALATE_KEYS = {"mem_factor", "mem_max_gb", "time_factor", "time_max", "max_escalations"}
 _RULE_KEYS = {"match", "time", "mem_gb", "mem", "cpus_per_task", "partition", "qos"}
 
@@ -79,6 +80,12 @@ def load_profile(profile: str | os.PathLike | None) -> dict[str, Any]:
     parts = data.get("partitions")
     if parts is not None and (not isinstance(parts, list) or not all(isinstance(p, str) for p in parts)):
         raise ValueError(f"{path}: 'partitions' must be a list of partition names to choose from, like [short, long]")
+    if data.get("container") is not None:
+        from .slurm_container import Container
+
+        Container.from_profile(data["container"], str(path))
+    if not isinstance(data.get("check_environment", True), bool):
+        raise ValueError(f"{path}: 'check_environment' must be true or false")
     esc = data.get("escalate")
     if esc is not None and (not isinstance(esc, dict) or set(esc) - _ESCALATE_KEYS):
         raise ValueError(f"{path}: 'escalate' must be a mapping with keys from {sorted(_ESCALATE_KEYS)}")
