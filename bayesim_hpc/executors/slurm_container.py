@@ -53,15 +53,10 @@ _KEYS = {"runtime", "image", "binds", "python", "options", "command"}
 PACKAGES = ("bayesim-hpc", "pymc", "numpy", "cloudpickle", "submitit")
 """Distributions whose versions must match between driver and workers (besides Python)."""
 
-_VERSIONS_SCRIPT = (
-    "import json, platform, importlib.metadata as m\n"
-    "def v(name):\n"
-    "    try:\n"
-    "        return m.version(name)\n"
-    "    except m.PackageNotFoundError:\n"
-    "        return None\n"
-    "print(json.dumps({'python': platform.python_version(), "
-    "**{n: v(n) for n in %r}}))\n" % (PACKAGES,))
+_VERSIONS_SCRIPT = (  # one line: it shows up whole in logs and `ps`
+    "import json, platform, importlib.metadata as m; ds = {}; "
+    "[ds.setdefault((d.metadata['Name'] or '').lower().replace('_', '-'), d.version) for d in m.distributions()]; "
+    "print(json.dumps({'python': platform.python_version(), **{n: ds.get(n) for n in %r}}))" % (PACKAGES,))
 
 
 class WorkerEnvironmentError(BayesimError):
@@ -150,17 +145,14 @@ class Container:
 
 # ----------------------------------------------------------------------------------------- parity
 def driver_versions() -> dict[str, str | None]:
-    """This process's Python and package versions (the same keys as :func:`probe_versions`)."""
+    """This process's Python and package versions (as the workers' are read: the first of each on sys.path)."""
     import importlib.metadata as m
     import platform
 
-    def v(name: str) -> str | None:
-        try:
-            return m.version(name)
-        except m.PackageNotFoundError:
-            return None
-
-    return {"python": platform.python_version(), **{n: v(n) for n in PACKAGES}}
+    ds: dict[str, str] = {}
+    for d in m.distributions():
+        ds.setdefault((d.metadata["Name"] or "").lower().replace("_", "-"), d.version)
+    return {"python": platform.python_version(), **{n: ds.get(n) for n in PACKAGES}}
 
 
 def probe_versions(python_command: str, *, timeout: float = 180.0,
