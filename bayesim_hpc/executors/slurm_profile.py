@@ -60,7 +60,8 @@ def load_profile(profile: str | os.PathLike | None) -> dict[str, Any]:
     Keys: partition, account, qos, time (minutes), mem_gb (or mem), cpus_per_task, setup
     (shell lines), additional (extra sbatch options), signal_delay_s, python, compile_dir,
     rules (per-cell resources), escalate (OOM/TIMEOUT factors and caps), target_element_min,
-    startup_s, task_seconds, pilot_tasks (planning).
+    startup_s, task_seconds, pilot_tasks (planning), partitions (the ones to choose from),
+    container and check_environment (``slurm_container``).
     """
     if profile is None:
         return {}
