@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import BayesimError
+from ..errors import WorkerEnvironmentError
 
 __all__ = ["Container", "Parity", "WorkerEnvironmentError", "check_environment", "compare", "driver_versions",
            "probe_versions", "require_parity", "PACKAGES"]
@@ -57,15 +57,6 @@ _VERSIONS_SCRIPT = (  # one line: it shows up whole in logs and `ps`
     "import json, platform, importlib.metadata as m; ds = {}; "
     "[ds.setdefault((d.metadata['Name'] or '').lower().replace('_', '-'), d.version) for d in m.distributions()]; "
     "print(json.dumps({'python': platform.python_version(), **{n: ds.get(n) for n in %r}}))" % (PACKAGES,))
-
-
-class WorkerEnvironmentError(BayesimError):
-    """The workers' Python or packages differ from the driver's (or their interpreter cannot run).
-
-    Raised before anything is submitted; the message names each difference with both versions.
-    """
-
-    exit_code = 9
 
 
 @dataclass(frozen=True)

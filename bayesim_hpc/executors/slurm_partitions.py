@@ -40,7 +40,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
-from ..errors import BayesimError
+from ..errors import PartitionError
 from . import slurm_query as sq
 from .slurm_profile import Resources, minutes
 
@@ -58,16 +58,6 @@ SCONTROL_EXAMPLE = (
     "MaxTime=00:30:00 MaxCPUsPerNode=UNLIMITED Nodes=n[1-2] RootOnly=NO State=UP MaxMemPerNode=4000\n")
 SINFO_EXAMPLE = ("n1|debug|4|16000|(null)\nn1|other|4|16000|(null)\nn1|short|4|16000|(null)\n"
                  "n2|debug|4|16000|(null)\nn2|other|4|16000|(null)\nn2|short|4|16000|(null)\n")
-
-
-class PartitionError(BayesimError, ValueError):
-    """No partition of the cluster can hold a request (or the one the profile names cannot).
-
-    Raised before anything is submitted; the message names the largest partition, its limits and
-    the request field (``time``, ``mem_gb``, ``cpus_per_task``, ``partition``) to change.
-    """
-
-    exit_code = 8
 
 
 @dataclass(frozen=True)
