@@ -336,7 +336,7 @@ class SlurmExecutor:
         if todo:
             self.check_partitions(ctx, todo)  # a request no partition holds: refused before anything is submitted
             parity = self.environment(rd)
-            if parity.checked:
+            if parity.checked or self.container is not None:
                 ctx.emit(parity.line)
             require_parity(parity, self.worker_python(rd))  # other versions in the workers: refused too
         limits = slurm_limits.read_limits(account=self.base.account, qos=self.base.qos) if todo else None

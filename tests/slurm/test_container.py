@@ -3,13 +3,19 @@
 Apptainer is not installed here, so the profile's ``container.command`` is a stand-in script
 that parses ``exec [--bind LIST] [options] IMAGE CMD...`` as apptainer does, logs it, and runs
 CMD on the node: the test shows the sbatch script starts every worker through the wrapper.
+Slurm's own ``--container`` is tested for real: the cluster's ``oci.conf`` runs steps with runc,
+in an OCI bundle made here from the host's folders (read-only) with its own hostname.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +86,55 @@ def test_workers_with_other_versions_are_refused_before_submission(tmp_path, stu
     dry: list[str] = []
     run_simulation(_cfg(tmp_path / "dry"), "slurm", profile=str(prof), dry_run=True, emit=dry.append, **FAST)
     assert "environment check: off (profile check_environment: false)" in dry
+
+
+def _oci_bundle(tmp_path: Path, cluster_dir: Path) -> Path:
+    """An OCI bundle: an empty rootfs with the host's system folders, this Python and the repository
+    bound read-only, /tmp read-write, hostname ``bayesim-oci``, the host's network (elements requeue
+    themselves with scontrol)."""
+    if shutil.which("runc") is None:
+        pytest.skip("runc is not installed (apt-get install runc)")
+    if not (cluster_dir / "etc" / "oci.conf").is_file():
+        pytest.skip("the test cluster has no oci.conf (started by an older scripts/local-slurm.sh: restart it)")
+    bundle = tmp_path / "bundle"
+    rootfs = bundle / "rootfs"
+    rootfs.mkdir(parents=True)
+    subprocess.run(["runc", "spec"], cwd=bundle, check=True)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["terminal"] = False
+    spec["root"] = {"path": str(rootfs), "readonly": True}
+    spec["hostname"] = "bayesim-oci"
+    spec["linux"]["namespaces"] = [ns for ns in spec["linux"]["namespaces"] if ns["type"] != "network"]
+    tops = {"/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/tmp"}
+    for p in (Path(__file__).resolve(), Path(sys.executable).resolve(), Path(sys.prefix), Path(sys.base_prefix)):
+        tops.add("/" + p.parts[1])
+    for top in sorted(tops):
+        if not os.path.exists(top):
+            continue
+        if os.path.islink(top):  # merged /usr: /lib -> usr/lib
+            os.symlink(os.readlink(top), rootfs / top[1:])
+            continue
+        (rootfs / top[1:]).mkdir(exist_ok=True)
+        spec["mounts"].append({"destination": top, "type": "bind", "source": top,
+                               "options": ["rbind", "rw" if top == "/tmp" else "ro"]})
+    (bundle / "config.json").write_text(json.dumps(spec, indent=1))
+    return bundle
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_workers_run_in_an_oci_bundle_under_srun_container(tmp_path, studies, slurm_cluster):
+    bundle = _oci_bundle(tmp_path, slurm_cluster.directory)
+    prof = tmp_path / "prof.yaml"
+    prof.write_text(f"container: {{runtime: oci, image: {bundle}, python: {sys.executable}}}\n")
+    path = tmp_path / "study"
+    studies.append(path)
+    lines: list[str] = []
+    res = run_simulation(_cfg(path), "slurm", profile=str(prof), emit=lines.append, **FAST)
+    assert res.reduce_outcome.n_missing == 0 and len(res.summary) == 40
+    assert any("not possible before submission for an OCI bundle" in line for line in lines), lines
+    n_elements = sum(len(s["elements"]) for s in manifest(path)["submissions"] if s.get("job_id"))
+    logs = sorted((path / "logs" / "slurm").glob("*/*_log.out"))
+    assert len(logs) == n_elements >= 2
+    for log in logs:  # submitit's first line, written inside the container
+        assert "hostname=bayesim-oci" in log.read_text(), log.read_text()
