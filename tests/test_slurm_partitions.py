@@ -217,6 +217,21 @@ def test_executor_puts_the_choice_into_sbatch_parameters_and_caps_escalation(tmp
             Resources(time_min=20, mem_mb=20 * 1024))
 
 
+def test_escalation_stops_at_the_largest_partition():
+    from types import SimpleNamespace
+
+    from bayesim_hpc.executors.slurm import SlurmExecutor
+
+    ex = SlurmExecutor(time=20, mem=2, escalate={"mem_max_gb": 64, "time_max": 2880})
+    ex.placement = Placement(["short"], read=local, who=lambda parts: None)
+    ctx = SimpleNamespace(study=SimpleNamespace(space=None), rd=SimpleNamespace(read_frozen=lambda: SimpleNamespace(
+        shards=[])))
+    (res, choice), = ex.check_partitions(ctx, [0, 1])
+    assert res == ex.base and choice.partition == "short"
+    assert (ex.escalation.time_max, ex.escalation.mem_max_gb) == (30, 4000 / 1024)
+    assert ex.base.escalated("TIMEOUT", ex.escalation).time_min == 30  # never more than short allows
+
+
 def test_profile_partitions_key_is_checked(tmp_path):
     good = tmp_path / "p.yaml"
     good.write_text("partitions: [short, debug]\n")

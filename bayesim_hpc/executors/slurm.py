@@ -38,6 +38,7 @@ from ..resultdir import ResultDir
 from . import slurm_limits
 from . import slurm_query as sq
 from .base import RunContext, RunOutcome
+from ..errors import WorkerEnvironmentError
 from .slurm_container import Container, Parity, check_environment, require_parity
 from .slurm_job import MAX_SELF_REQUEUES, read_done_record, run_element
 from .slurm_partitions import Placement
@@ -451,8 +452,11 @@ class SlurmExecutor:
         self.check_partitions(ctx, list(ctx.shard_ids))  # PartitionError: shown as the dry run's error
         if self.container is not None:
             ctx.emit(self.container.describe())
-        parity = self.environment(ctx.rd)
-        ctx.emit(parity.line + ("" if parity.ok else " (a real run stops here, exit 9)"))
+        try:
+            parity = self.environment(ctx.rd)
+            ctx.emit(parity.line + ("" if parity.ok else " (a real run stops here, exit 9)"))
+        except WorkerEnvironmentError as exc:  # the interpreter did not run: shown, the dry run goes on
+            ctx.emit(f"environment check: FAILED: {exc} (a real run stops here, exit 9)")
         try:
             slots = self.slots()
             limits = slurm_limits.read_limits(account=self.base.account, qos=self.base.qos)
