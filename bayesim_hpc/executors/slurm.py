@@ -33,12 +33,12 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import planning
+from ..errors import WorkerEnvironmentError
 from ..manifest import Manifest, scan_progress, set_shard
 from ..resultdir import ResultDir
 from . import slurm_limits
 from . import slurm_query as sq
 from .base import RunContext, RunOutcome
-from ..errors import WorkerEnvironmentError
 from .slurm_container import Container, Parity, check_environment, require_parity
 from .slurm_job import MAX_SELF_REQUEUES, read_done_record, run_element
 from .slurm_partitions import Placement
@@ -174,8 +174,8 @@ class SlurmExecutor:
         }
         if self.container is not None and self.container.srun_args():
             params["srun_args"] = self.container.srun_args()
-        for key, value in (("partition", self.placement.choose(res).partition), ("account", res.account), ("qos", res.qos),
-                           ("mem", res.mem)):
+        partition = self.placement.choose(res).partition  # the profile's, or the smallest that holds res
+        for key, value in (("partition", partition), ("account", res.account), ("qos", res.qos), ("mem", res.mem)):
             if value is not None:
                 params[key] = value
         return params
@@ -334,8 +334,9 @@ class SlurmExecutor:
         adopted = adopt(ctx, name, folder, set(ctx.shard_ids))
         taken = {s for e in adopted for s in e.open}
         todo = [s for s in ctx.shard_ids if s not in taken]
+        # a request no partition holds is refused before anything is submitted (and escalation is capped)
+        self.check_partitions(ctx, todo)
         if todo:
-            self.check_partitions(ctx, todo)  # a request no partition holds: refused before anything is submitted
             parity = self.environment(rd)
             if parity.checked or self.container is not None:
                 ctx.emit(parity.line)

@@ -14,7 +14,7 @@ from bayesim_hpc.executors.slurm_partitions import PartitionError
 from bayesim_hpc.executors.slurm_submit import job_name
 from bayesim_hpc.resultdir import ResultDir
 
-from .test_slurm_executor import FAST, _cfg, manifest
+from .test_slurm_executor import FAST, _cfg, manifest, wait_for
 
 pytestmark = [pytest.mark.slurm]
 
@@ -39,9 +39,13 @@ def _long_for_b(data_spec, fit_spec):
 
 
 def _partition_of(job_id: str) -> set[str]:
-    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "Partition", "-j", job_id], capture_output=True,
-                         text=True, check=True).stdout
-    return {line.strip() for line in out.splitlines() if line.strip()}
+    """The partitions a job's elements ran in (sacct lags behind the end of a job: polled)."""
+    def ask() -> set[str]:
+        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "Partition", "-j", job_id], capture_output=True,
+                             text=True, check=True).stdout
+        return {line.strip() for line in out.splitlines() if line.strip()}
+
+    return wait_for(ask, 60, f"sacct to know job {job_id}", step=0.5)
 
 
 @pytest.mark.slow
