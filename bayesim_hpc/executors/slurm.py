@@ -39,7 +39,7 @@ from ..resultdir import ResultDir
 from . import slurm_limits
 from . import slurm_query as sq
 from .base import RunContext, RunOutcome
-from .slurm_container import Container, Parity, check_environment, require_parity
+from .slurm_container import Container, Parity, check_environment, require_parity, study_paths
 from .slurm_job import MAX_SELF_REQUEUES, read_done_record, run_element
 from .slurm_partitions import Placement
 from .slurm_profile import TEMPLATES_DIR, Escalation, ResourceRules, Resources, load_profile, mem_mb, minutes
@@ -187,6 +187,8 @@ class SlurmExecutor:
         if self.submitter is None or self.submitter.folder != self._folder(rd):
             self.submitter = Submitter(self._folder(rd), lambda res, n: self.sbatch_parameters(name, n, res),
                                        self.worker_python(rd), self.max_attempts)
+            if self.container is not None:
+                self.submitter.paths_filter = study_paths
         return self.submitter
 
     def worker_python(self, rd: ResultDir) -> str | None:

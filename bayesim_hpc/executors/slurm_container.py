@@ -45,7 +45,7 @@ from typing import Any, Mapping
 from ..errors import WorkerEnvironmentError
 
 __all__ = ["Container", "Parity", "WorkerEnvironmentError", "check_environment", "compare", "driver_versions",
-           "probe_versions", "require_parity", "PACKAGES"]
+           "probe_versions", "require_parity", "study_paths", "PACKAGES"]
 
 RUNTIMES = ("apptainer", "singularity", "oci")
 _KEYS = {"runtime", "image", "binds", "python", "options", "command"}
@@ -132,6 +132,27 @@ class Container:
         return f"container: {self.runtime} image {self.image}, interpreter {self.python}" + (
             f", binds {', '.join(self.binds)} (+ the result directory and the study's folder)" if self.binds else
             " (binds: the result directory and the study's folder)")
+
+
+def study_paths(paths: list[str]) -> list[str]:
+    """The driver's import path without its installations (its prefixes, site-/dist-packages).
+
+    An element adds the driver's import path to its own, so that the study's own modules import.
+    Inside a container the packages must come from the image: a host virtual environment that
+    is mounted there (apptainer mounts $HOME) would otherwise fill in what the image lacks.
+
+    >>> import sys
+    >>> study_paths(["/home/me/study", sys.prefix + "/lib/python3.11/site-packages", "/usr/lib/python3/dist-packages"])
+    ['/home/me/study']
+    """
+    prefixes = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    out = []
+    for p in paths:
+        rp = Path(p).resolve()
+        if rp.name in ("site-packages", "dist-packages") or any(q == rp or q in rp.parents for q in prefixes):
+            continue
+        out.append(p)
+    return out
 
 
 # ----------------------------------------------------------------------------------------- parity

@@ -21,7 +21,7 @@ import pytest
 
 from bayesim_hpc import run_simulation
 from bayesim_hpc.executors.slurm_container import WorkerEnvironmentError
-from bayesim_hpc.executors.slurm_submit import job_name
+from bayesim_hpc.executors.slurm_submit import job_name, pickled_args
 from bayesim_hpc.resultdir import ResultDir
 
 from .test_slurm_executor import FAST, _cfg, manifest
@@ -67,6 +67,10 @@ def test_workers_run_through_the_container_wrapper(tmp_path, studies):
     rd = str(path.resolve())
     assert all(f"exec --bind /data,{rd}" in c and f"/img/bayesim.sif {sys.executable} -u -m submitit.core._submit"
                in c for c in on_nodes), on_nodes
+    # the elements add the driver's import path, but not its installed packages (they come from the image)
+    sub = next(s for s in manifest(path)["submissions"] if s.get("job_id"))
+    args = pickled_args(path.resolve() / "logs" / "slurm" / "%j", sub["elements"][0])
+    assert args is not None and args[5] and not any("site-packages" in p or p.startswith(sys.prefix) for p in args[5])
 
 
 def test_workers_with_other_versions_are_refused_before_submission(tmp_path, studies, monkeypatch):
