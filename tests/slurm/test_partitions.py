@@ -5,6 +5,7 @@ Run as root: ``eval "$(scripts/local-slurm.sh env)" && .venv/bin/python -m pytes
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -87,3 +88,30 @@ def test_a_request_no_partition_holds_is_refused_before_anything_is_submitted(tm
     # a named partition is checked too, and the message says which partitions would hold the request
     with pytest.raises(PartitionError, match=r"\(short\) cannot hold a request of 60 min.*debug, other"):
         run_simulation(cfg, "slurm", **{**FAST, "time": 60, "partition": "short"})
+
+
+def test_partitions_the_account_may_not_use_are_skipped(tmp_path, short_partition):
+    """Two partitions smaller than short: one for another account only, one for the user's account."""
+    from bayesim_hpc.executors.slurm_partitions import Placement, default_account
+    from bayesim_hpc.executors.slurm_profile import Resources
+
+    import getpass
+
+    mine = default_account(getpass.getuser())
+    if mine is None:
+        pytest.skip("no default account (accounting off)")
+    tag = f"t{os.getpid()}"
+    made = {f"{tag}_theirs": ("8", "nosuchaccount"), f"{tag}_mine": ("9", mine)}
+    try:
+        for name, (max_time, account) in made.items():
+            subprocess.run(["scontrol", "create", f"PartitionName={name}", "Nodes=n[1-2]", f"MaxTime={max_time}",
+                            f"AllowAccounts={account}", "State=UP"], check=True, capture_output=True)
+        choice = Placement().choose(Resources(time_min=5, mem_mb=1024))
+        assert choice.partition == f"{tag}_mine", choice
+        assert f"{tag}_theirs (AllowAccounts=nosuchaccount (account {mine}))" in " ".join(choice.notes), choice
+        dry: list[str] = []
+        run_simulation(_cfg(tmp_path / "dry"), "slurm", dry_run=True, emit=dry.append, **FAST)
+        assert any(line.startswith(f"  partition {tag}_mine: the smallest") for line in dry), dry
+    finally:
+        for name in made:
+            subprocess.run(["scontrol", "delete", f"PartitionName={name}"], capture_output=True)
