@@ -14,7 +14,8 @@ failed, or the driver was stopped by SIGTERM / ``cancel``); 4 stopped by the err
 (``max_errors``) or early on a systematic failure; 5 the result directory is in use by another
 driver (or this driver lost its lock to another); 6 the study changed since the result
 directory was made; 7 the result directory belongs to another user and is not trusted
-(``bayesim-hpc trust DIR``); 130 interrupted by Ctrl-C (what finished is kept, ``resume``
+(``bayesim-hpc trust DIR``); 8 no Slurm partition can hold a request (before submission); 9 the
+Slurm workers' Python or packages differ from the driver's (before submission); 130 interrupted by Ctrl-C (what finished is kept, ``resume``
 finishes the rest). Each error class carries its code as ``exit_code``.
 """
 

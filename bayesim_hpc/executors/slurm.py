@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import getpass
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,8 +39,10 @@ from ..resultdir import ResultDir
 from . import slurm_limits
 from . import slurm_query as sq
 from .base import RunContext, RunOutcome
+from .slurm_container import Container, Parity, check_environment, require_parity, study_paths
 from .slurm_dry_run import _DryRun
 from .slurm_job import MAX_SELF_REQUEUES, read_done_record, run_element
+from .slurm_partitions import Placement
 from .slurm_study_jobs import _StudyJobs
 from .slurm_profile import TEMPLATES_DIR, Escalation, ResourceRules, Resources, load_profile, mem_mb, minutes
 from .slurm_submit import Elem, Pack, Submitter, adopt, job_name
@@ -128,12 +131,19 @@ class SlurmExecutor(_DryRun, _StudyJobs):
                               partition=pick(partition, "partition"), account=pick(account, "account"),
                               qos=pick(qos, "qos"))
         self.rules = ResourceRules(self.base, prof.get("rules"), resources)
+        # partition choice per resource class (slurm_partitions); profile key partitions: candidates
+        self.placement = Placement(prof.get("partitions"), self.base.account, self.base.qos)
         self.escalation = Escalation.from_profile({**(prof.get("escalate") or {}), **(escalate or {})})
         self.time_min = self.base.time_min
         self.setup = list(prof.get("setup") or []) + list(setup or [])
         self.additional = {"requeue": True, **(prof.get("additional") or {}), **(additional or {})}
         self.compile_dir = pick(compile_dir, "compile_dir")
         self.python = prof.get("python")
+        # workers in a container (slurm_container) and the check of their versions before submitting
+        self.container = Container.from_profile(prof.get("container"), where)
+        self.check_env = bool(prof.get("check_environment", True))
+        self._parity: Parity | None = None
+        self._study_file: str | None = None
         self.signal_delay_s = pick(signal_delay_s, "signal_delay_s")
         self.plan = plan
         self.target_element_min = float(pick(target_element_min, "target_element_min", 25.0))
@@ -178,8 +188,10 @@ class SlurmExecutor(_DryRun, _StudyJobs):
             "signal_delay_s": self.signal_delay(res), "array_parallelism": min(self.parallelism, max(1, n)),
             "setup": setup, "additional_parameters": dict(self.additional),
         }
-        for key, value in (("partition", res.partition), ("account", res.account), ("qos", res.qos),
-                           ("mem", res.mem)):
+        if self.container is not None and self.container.srun_args():
+            params["srun_args"] = self.container.srun_args()
+        partition = self.placement.choose(res).partition  # the profile's, or the smallest that holds res
+        for key, value in (("partition", partition), ("account", res.account), ("qos", res.qos), ("mem", res.mem)):
             if value is not None:
                 params[key] = value
         return params
@@ -190,8 +202,23 @@ class SlurmExecutor(_DryRun, _StudyJobs):
     def _submitter(self, rd: ResultDir, name: str) -> Submitter:
         if self.submitter is None or self.submitter.folder != self._folder(rd):
             self.submitter = Submitter(self._folder(rd), lambda res, n: self.sbatch_parameters(name, n, res),
-                                       self.python, self.max_attempts)
+                                       self.worker_python(rd), self.max_attempts)
+            if self.container is not None:
+                self.submitter.paths_filter = study_paths
         return self.submitter
+
+    def worker_python(self, rd: ResultDir) -> str | None:
+        """The element's interpreter command: the container's wrapper, the profile's python, or None
+        (submitit's default: this very interpreter)."""
+        if self.container is not None:
+            return self.container.python_command(rd.path.resolve(), self._study_file)
+        return self.python
+
+    def environment(self, rd: ResultDir) -> Parity:
+        """The workers' versions against the driver's, checked once per executor (slurm_container)."""
+        if self._parity is None:
+            self._parity = check_environment(self.worker_python(rd), enabled=self.check_env, container=self.container)
+        return self._parity
 
     def render_script(self, rd: ResultDir, name: str, n: int, res: Resources | None = None) -> str:
         """The exact sbatch script submitit writes for an array of ``n`` elements."""
@@ -299,7 +326,7 @@ class SlurmExecutor(_DryRun, _StudyJobs):
         return [Pack(e.shards, e.resources, round(e.predicted_s, 1)) for e in plan]
 
     def slots(self) -> int:
-        cpus = slurm_limits.cluster_slots(self.base.partition)
+        cpus = slurm_limits.cluster_slots(self.placement.choose(self.base).partition)
         slots = self.parallelism if cpus is None else min(self.parallelism, max(1, cpus // self.base.cpus_per_task))
         return slots
 
@@ -315,6 +342,7 @@ class SlurmExecutor(_DryRun, _StudyJobs):
 
     def run(self, ctx: RunContext) -> RunOutcome:
         rd = ctx.rd
+        self._study_file = getattr(ctx.study, "study_file", None)
         name = job_name(rd)
         attempts = self._attempts(ctx)
         if self.dry_run:
@@ -324,6 +352,13 @@ class SlurmExecutor(_DryRun, _StudyJobs):
         adopted = adopt(ctx, name, folder, set(ctx.shard_ids))
         taken = {s for e in adopted for s in e.open}
         todo = [s for s in ctx.shard_ids if s not in taken]
+        # a request no partition holds is refused before anything is submitted (and escalation is capped)
+        self.check_partitions(ctx, todo)
+        if todo:
+            parity = self.environment(rd)
+            if parity.checked or self.container is not None:
+                ctx.emit(parity.line)
+            require_parity(parity, self.worker_python(rd))  # other versions in the workers: refused too
         limits = slurm_limits.read_limits(account=self.base.account, qos=self.base.qos) if todo else None
         mas = (limits.max_array_size if limits else None) or sq.max_array_size()
         slots = self.slots()
@@ -380,6 +415,21 @@ class SlurmExecutor(_DryRun, _StudyJobs):
                          f"`bayesim-hpc resume {rd.path}` submits them")
             return RunOutcome(detached=True)
         return mon.loop()
+
+    def check_partitions(self, ctx: RunContext, shards: list[int]) -> list[tuple[Resources, Any]]:
+        """The partition choice of every resource class of ``shards`` (raises ``PartitionError``), and
+        the OUT_OF_MEMORY/TIMEOUT escalation capped at the largest usable partition."""
+        res_of = self.shard_resources(ctx)
+        classes = list(dict.fromkeys([self.base] + [res_of(s) for s in shards]))
+        out = [(res, self.placement.choose(res)) for res in classes]
+        top_time, top_mem = self.placement.limits()
+        esc = self.escalation
+        if top_time is not None and top_time < esc.time_max_min:
+            esc = replace(esc, time_max_min=top_time)
+        if top_mem is not None and top_mem / 1024 < esc.mem_max_gb:
+            esc = replace(esc, mem_max_gb=top_mem / 1024)
+        self.escalation = esc
+        return out
 
     def _seen_attempt(self, ctx: RunContext, sid: int) -> int:
         entry = ctx.manifest.read().get("shards", {}).get(str(sid), {})

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from .. import planning
+from ..errors import WorkerEnvironmentError
 from . import slurm_limits
 from . import slurm_query as sq
 from .base import RunContext, RunOutcome
@@ -30,6 +31,15 @@ class _DryRun:
             known = f"MaxArraySize {mas}"
         except sq.SlurmCommandError:
             mas, known = 1001, "MaxArraySize unknown (scontrol not reachable), assumed 1001"
+        ctx.emit(self.placement.describe())
+        self.check_partitions(ctx, list(ctx.shard_ids))  # PartitionError: shown as the dry run's error
+        if self.container is not None:
+            ctx.emit(self.container.describe())
+        try:
+            parity = self.environment(ctx.rd)
+            ctx.emit(parity.line + ("" if parity.ok else " (a real run stops here, exit 9)"))
+        except WorkerEnvironmentError as exc:  # the interpreter did not run: shown, the dry run goes on
+            ctx.emit(f"environment check: FAILED: {exc} (a real run stops here, exit 9)")
         try:
             slots = self.slots()
             limits = slurm_limits.read_limits(account=self.base.account, qos=self.base.qos)
@@ -68,6 +78,9 @@ class _DryRun:
                 spec = f"--array=0-{n - 1}%{min(self.parallelism, n)}" if n > 1 else "(a single job, no array)"
                 n_tasks = sum(frozen[s].n_tasks for i in batch for s in group[i].shards)
                 ctx.emit(f"array {k} [{res.label()}]: {spec} ({n} element(s), {n_tasks} task(s)); index i runs:")
+                choice = self.placement.choose(res)
+                ctx.emit(f"  partition {choice.partition or '(Slurm default)'}: {choice.why}"
+                         + "".join(f"; {note}" for note in choice.notes))
                 for j, i in enumerate(batch):
                     p = group[i]
                     pred = f", predicted {p.predicted_s:.0f} s" if p.predicted_s is not None else ""

@@ -51,6 +51,10 @@ def new_keys(d: Mapping[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
+PROFILE_KEYS |= {"partitions"}  # candidates of the partition choice (slurm_partitions)
+PROFILE_KEYS |= {"container", "check_environment"}  # workers in a container, version parity (slurm_container)
+
+
 def _find_profile(profile: str) -> Path:
     p = Path(profile).expanduser()
     if p.is_file():
@@ -73,7 +77,8 @@ def load_profile(profile: str | os.PathLike | None) -> dict[str, Any]:
     Keys: partition, account, qos, time_min (minutes; "H:MM:SS" too), mem_gb (or mem), cpus_per_task, setup
     (shell lines), additional (extra sbatch options), signal_delay_s, python, compile_dir,
     rules (per-cell resources), escalate (OOM/TIMEOUT factors and caps), target_element_min,
-    startup_s, task_seconds, pilot_tasks (planning).
+    startup_s, task_seconds, pilot_tasks (planning), partitions (the ones to choose from),
+    container and check_environment (``slurm_container``).
     """
     if profile is None:
         return {}
@@ -96,6 +101,15 @@ def load_profile(profile: str | os.PathLike | None) -> dict[str, Any]:
         raise ValueError(f"{path}: 'setup' must be a list of shell lines")
     if data.get("additional") is not None and not isinstance(data["additional"], dict):
         raise ValueError(f"{path}: 'additional' must be a mapping of sbatch options to values")
+    parts = data.get("partitions")
+    if parts is not None and (not isinstance(parts, list) or not all(isinstance(p, str) for p in parts)):
+        raise ValueError(f"{path}: 'partitions' must be a list of partition names to choose from, like [short, long]")
+    if data.get("container") is not None:
+        from .slurm_container import Container
+
+        Container.from_profile(data["container"], str(path))
+    if not isinstance(data.get("check_environment", True), bool):
+        raise ValueError(f"{path}: 'check_environment' must be true or false")
     esc = data.get("escalate")
     if esc is not None and (not isinstance(esc, dict) or set(esc) - _ESCALATE_KEYS):
         raise ValueError(f"{path}: 'escalate' must be a mapping with keys from {sorted(_ESCALATE_KEYS)}")
