@@ -14,7 +14,8 @@ failed, or the driver was stopped by SIGTERM / ``cancel``); 4 stopped by the err
 (``max_errors``) or early on a systematic failure; 5 the result directory is in use by another
 driver (or this driver lost its lock to another); 6 the study changed since the result
 directory was made; 7 the result directory belongs to another user and is not trusted
-(``bayesim-hpc trust DIR``); 130 interrupted by Ctrl-C (what finished is kept, ``resume``
+(``bayesim-hpc trust DIR``); 8 no Slurm partition can hold a request (before submission); 9 the
+Slurm workers' Python or packages differ from the driver's (before submission); 130 interrupted by Ctrl-C (what finished is kept, ``resume``
 finishes the rest). Each error class carries its code as ``exit_code``.
 """
 
@@ -99,7 +100,7 @@ def _study_line(exc: BaseException, path: Path) -> str:
 
 def _executor_options(executor: str, profile, partition, time_, mem, dry_run, detach, plan=None, target_minutes=None,
                       task_seconds=None) -> dict[str, Any]:
-    opts = {k: v for k, v in dict(profile=profile, partition=partition, time=time_, mem=mem, plan=plan,
+    opts = {k: v for k, v in dict(profile=profile, partition=partition, time_min=time_, mem=mem, plan=plan,
                                   target_element_min=target_minutes, task_seconds=task_seconds).items()
             if v is not None}
     if executor == "slurm":
@@ -111,6 +112,26 @@ def _executor_options(executor: str, profile, partition, time_, mem, dry_run, de
         raise click.UsageError(f"--detach needs a scheduler to leave the work with: use --executor slurm ({executor} "
                                "workers stop with their driver)")
     return opts
+
+
+def _throttle(executor: str, workers: int | None, max_running: int | None, opts: dict[str, Any]) -> int | None:
+    """Slurm's array throttle is --max-running (--workers, its old name there, warns); --workers
+    stays the local pool size. Puts max_running into ``opts``; returns the workers to pass."""
+    if executor != "slurm":
+        if max_running is not None:
+            raise click.UsageError(f"--max-running is the Slurm array throttle; for --executor {executor} "
+                                   "use --workers")
+        return workers
+    if workers is not None:
+        from .deprecation import renamed
+
+        renamed("--workers", "--max-running", where="bayesim-hpc with --executor slurm")
+        if max_running is not None and max_running != workers:
+            raise click.UsageError("give only --max-running (--workers is its old name on Slurm)")
+        max_running = workers
+    if max_running is not None:
+        opts["max_running"] = max_running
+    return None
 
 
 def _finish_code(result: Any) -> int:
@@ -136,7 +157,7 @@ def main(debug: bool) -> None:
 _executor_opt = click.option("--executor", "-e", type=click.Choice(["inline", "local", "mock", "slurm"]),
                              default=None, help="Where tasks run (default: local for run, the last one for resume).")
 _workers_opt = click.option("--workers", "-j", type=int, default=None,
-                            help="Parallel workers (local/mock), or the array throttle %N (slurm).")
+                            help="Parallel workers of a local pool (local/mock).")
 
 
 _keep_going_opt = click.option(
@@ -168,9 +189,12 @@ def _notify_kwargs(notify, no_notify, stall, rate) -> dict[str, Any]:
 
 def _slurm_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed([
+        click.option("--max-running", type=int, default=None,
+                     help="Slurm array throttle %N: elements running at once (default 32)."),
         click.option("--profile", help="Cluster profile: a YAML file name in slurm_templates/ or a path."),
         click.option("--partition", help="Slurm partition (overrides the profile)."),
-        click.option("--time", "time_", help="Time limit per array element, minutes (overrides the profile)."),
+        click.option("--time", "time_", help="Time limit per array element: minutes, or H:MM:SS as in sbatch "
+                                             "(overrides the profile's time_min)."),
         click.option("--mem", help="Memory per array element, e.g. 4G (overrides the profile)."),
         click.option("--detach", is_flag=True, help="Submit and leave; check later with `status`."),
         click.option("--plan", type=click.Choice(["time", "shards"]), default=None,
@@ -201,9 +225,9 @@ def _slurm_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--max-replicates", type=int, default=None, help="Cap of replicates per cell for --target-mcse.")
 @_notify_opts
 @handle_errors
-def run(study_file, result_dir, executor, workers, profile, partition, time_, mem, detach, plan, target_minutes,
-        task_seconds, dry_run, force, shard_size, progress, keep_going, target_mcse, max_replicates, notify,
-        no_notify, notify_stall_minutes, notify_failure_rate) -> None:
+def run(study_file, result_dir, executor, workers, max_running, profile, partition, time_, mem, detach, plan,
+        target_minutes, task_seconds, dry_run, force, shard_size, progress, keep_going, target_mcse, max_replicates,
+        notify, no_notify, notify_stall_minutes, notify_failure_rate) -> None:
     """Run the study defined in STUDY_FILE (it defines `config = simulation_config(...)`).
 
     On an existing result directory the study may have grown (more replicates, new grid rows,
@@ -222,6 +246,7 @@ def run(study_file, result_dir, executor, workers, profile, partition, time_, me
         return
     opts = _executor_options(executor, profile, partition, time_, mem, dry_run, detach, plan, target_minutes,
                              task_seconds)
+    workers = _throttle(executor, workers, max_running, opts)
     opts.update(_notify_kwargs(notify, no_notify, notify_stall_minutes, notify_failure_rate))
     if target_mcse or max_replicates is not None:
         from .runner import run_adaptive
@@ -356,8 +381,8 @@ def efficiency(result_dir, as_json, no_live, write_to, from_profile, mem_margin,
 @_keep_going_opt
 @_notify_opts
 @handle_errors
-def resume(result_dir, executor, workers, profile, partition, time_, mem, detach, plan, target_minutes, task_seconds,
-           progress, keep_going, notify, no_notify, notify_stall_minutes, notify_failure_rate) -> None:
+def resume(result_dir, executor, workers, max_running, profile, partition, time_, mem, detach, plan, target_minutes,
+           task_seconds, progress, keep_going, notify, no_notify, notify_stall_minutes, notify_failure_rate) -> None:
     """Finish a study: run only its missing and failed tasks."""
     from .manifest import Manifest
     from .resultdir import ResultDir
@@ -368,6 +393,7 @@ def resume(result_dir, executor, workers, profile, partition, time_, mem, detach
         executor = runs[-1]["executor"] if runs else "local"
     opts = _executor_options(executor, profile, partition, time_, mem, False, detach, plan, target_minutes,
                              task_seconds)
+    workers = _throttle(executor, workers, max_running, opts)
     opts.update(_notify_kwargs(notify, no_notify, notify_stall_minutes, notify_failure_rate))
     result = resume_simulation(result_dir, executor, workers=workers, progress=progress, keep_going=keep_going, **opts)
     sys.exit(_finish_code(result))
@@ -524,7 +550,7 @@ def clean(result_dir, keep_n) -> None:
 @handle_errors
 def replay(result_dir, task_id, use_pdb) -> None:
     """Re-run one task in this process with its exact seeds (to debug a failure)."""
-    from .reduce import read_summary
+    from .summary_file import read_summary
     from .resultdir import ResultDir
     from .task import run_task, task_context
 

@@ -231,9 +231,9 @@ def _cells(frozen: Any, space: Any, acc: np.ndarray, elements: list[Element], me
 
 
 def profile_with_suggestions(eff: Efficiency, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``base`` (a loaded profile) with ``mem_gb`` and ``time`` from the measured suggestions.
+    """``base`` (a loaded profile) with ``mem_gb`` and ``time_min`` from the measured suggestions.
 
-    ``time``: the largest suggested time of any class. ``mem_gb``: the smallest per-cell
+    ``time_min``: the largest suggested time of any class. ``mem_gb``: the smallest per-cell
     suggestion; cells that need more get a rule of their own (``match`` on their grid values),
     ahead of the profile's own rules, which keep their partition/qos/CPUs but lose their memory
     and time (the measurements replace them).
@@ -249,7 +249,8 @@ def profile_with_suggestions(eff: Efficiency, base: dict[str, Any] | None = None
     out = dict(base or {})
     old_rules = [dict(r) for r in out.get("rules") or []]
     if times:
-        out["time"] = max(times)
+        out.pop("time", None)  # the name before 0.3
+        out["time_min"] = max(times)
     floor = min(m for _, m in cell_mem) if cell_mem else max(class_mem) if class_mem else None
     new_rules = []
     if floor is not None:
@@ -266,7 +267,8 @@ def profile_with_suggestions(eff: Efficiency, base: dict[str, Any] | None = None
             new_rules.append(rule)
     kept = []
     for r in old_rules:
-        r = {k: v for k, v in r.items() if k not in (("mem", "mem_gb", "time") if floor is not None else ("time",))}
+        drop = ("mem", "mem_gb", "time", "time_min") if floor is not None else ("time", "time_min")
+        r = {k: v for k, v in r.items() if k not in drop}
         if set(r) - {"match"}:
             kept.append(r)
     out["rules"] = new_rules + kept

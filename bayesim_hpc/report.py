@@ -262,12 +262,12 @@ def build_report(path: str | Path, out: str | Path | None = None,
         body += _table(rows, f"Paired comparisons with {cell_label(ref, 'fit')} (same datasets; paired MCSE)", 3)
     sections.append(("precision", "How does precision compare?", body or "<p>No estimates with true values.</p>"))
     # --- convergence ---------------------------------------------------------------------
-    diag = {c: ok[c].to_numpy(float) for c in ("rhat_max", "ess_bulk", "divergent") if c in ok.columns
+    diag = {c: ok[c].to_numpy(float) for c in ("rhat_max", "ess_bulk_min", "n_divergent") if c in ok.columns
             and ok[c].notna().any()}
     body = ""
     if diag:
         body += figure("Diagnostics", histogram_figure(diag, "Convergence diagnostics over all successful tasks"))
-        cols = [c for c in ("rhat_max__max", f"share_rhat_gt_{RHAT_THRESHOLD:g}", "ess_bulk__min", "divergent__sum") if c in cells.columns]
+        cols = [c for c in ("rhat_max__max", f"share_rhat_gt_{RHAT_THRESHOLD:g}", "ess_bulk_min__min", "n_divergent__sum") if c in cells.columns]
         body += _table([{"data": cell_label(r, "data"), "fit": cell_label(r, "fit"), **{c: r[c] for c in cols}}
                         for r in records(cells)], "Convergence per cell", 2)
     sections.append(("convergence", "Did the sampler converge?",

@@ -245,18 +245,18 @@ def test_profile_from_suggestions_keeps_the_base_and_adds_rules_for_big_cells(tm
     heavy = next(c for c in eff.cells if c.cell == "d002_f001")
     heavy.suggestion = suggest([3000.0], [], mem_margin=0.2)
     base = load_profile("example-cluster")
-    base["rules"] = [{"match": {"n": 100}, "mem_gb": 16, "partition": "bigmem"}, {"match": {"model": "x"}, "time": 9}]
+    base["rules"] = [{"match": {"n": 100}, "mem_gb": 16, "partition": "bigmem"}, {"match": {"model": "x"}, "time_min": 9}]
     prof = profile_with_suggestions(eff, base)
     assert prof["account"] == base["account"] and prof["setup"] == base["setup"]
-    assert prof["mem_gb"] == 0.25 and prof["time"] == 5
+    assert prof["mem_gb"] == 0.25 and prof["time_min"] == 5
     first = prof["rules"][0]
     assert first["match"] == {"n": 100, "sigma": 1.0, "model": "linear"} and first["mem_gb"] == 3.75
     assert first["partition"] == "bigmem"  # kept from the old rule of that cell
     assert {"match": {"n": 100}, "partition": "bigmem"} in prof["rules"]  # old rule without its memory
-    assert all("time" not in r for r in prof["rules"])
+    assert all("time_min" not in r for r in prof["rules"])
     out = write_profile(eff, tmp_path / "next.yaml", "example-cluster")
     loaded = load_profile(str(out))  # a valid profile
-    assert loaded["account"] == "my_project_account" and loaded["time"] == 5
+    assert loaded["account"] == "my_project_account" and loaded["time_min"] == 5
     assert out.read_text().startswith("# written by `bayesim-hpc efficiency")
     assert yaml.safe_load(out.read_text())["mem_gb"] == loaded["mem_gb"]
 
@@ -271,7 +271,7 @@ def test_cli_write_profile_and_status_efficiency(tmp_path, monkeypatch):
     out = tmp_path / "p.yaml"
     res = CliRunner().invoke(main, ["efficiency", str(path), "--write-profile", str(out), "--mem-margin", "0.5"])
     assert res.exit_code == 0, res.output
-    assert "memory: requested 1.00 GB" in res.output and load_profile(str(out))["time"] == 5
+    assert "memory: requested 1.00 GB" in res.output and load_profile(str(out))["time_min"] == 5
     res = CliRunner().invoke(main, ["status", str(path), "--no-live", "--efficiency"])
     assert res.exit_code == 0, res.output
     assert "succeeded: 40" in res.output and "efficiency of" in res.output and "not asking sacct" in res.output
