@@ -183,7 +183,7 @@ def cell_measures(df: pd.DataFrame, metric_kinds: dict[str, str]) -> dict[str, A
             if mx is None or not np.isfinite(mx).any():
                 continue
             out[f"{name}_pvalue__{p}"] = uniformity_pvalue(X[f"{name}__{p}"], int(np.nanmax(mx)))
-    for col, how in (("rhat_max", "max"), ("divergent", "sum"), ("ess_bulk", "min"), ("timing_total", "mean")):
+    for col, how in (("rhat_max", "max"), ("n_divergent", "sum"), ("ess_bulk_min", "min"), ("timing_total", "mean")):
         if col in X and n:
             x = X[col]
             x = x[np.isfinite(x)]

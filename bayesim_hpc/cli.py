@@ -14,7 +14,8 @@ failed, or the driver was stopped by SIGTERM / ``cancel``); 4 stopped by the err
 (``max_errors``) or early on a systematic failure; 5 the result directory is in use by another
 driver (or this driver lost its lock to another); 6 the study changed since the result
 directory was made; 7 the result directory belongs to another user and is not trusted
-(``bayesim-hpc trust DIR``); 130 interrupted by Ctrl-C (what finished is kept, ``resume``
+(``bayesim-hpc trust DIR``); 8 no Slurm partition can hold a request (before submission); 9 the
+Slurm workers' Python or packages differ from the driver's (before submission); 130 interrupted by Ctrl-C (what finished is kept, ``resume``
 finishes the rest). Each error class carries its code as ``exit_code``.
 """
 
@@ -99,7 +100,7 @@ def _study_line(exc: BaseException, path: Path) -> str:
 
 def _executor_options(executor: str, profile, partition, time_, mem, dry_run, detach, plan=None, target_minutes=None,
                       task_seconds=None) -> dict[str, Any]:
-    opts = {k: v for k, v in dict(profile=profile, partition=partition, time=time_, mem=mem, plan=plan,
+    opts = {k: v for k, v in dict(profile=profile, partition=partition, time_min=time_, mem=mem, plan=plan,
                                   target_element_min=target_minutes, task_seconds=task_seconds).items()
             if v is not None}
     if executor == "slurm":
@@ -111,6 +112,26 @@ def _executor_options(executor: str, profile, partition, time_, mem, dry_run, de
         raise click.UsageError(f"--detach needs a scheduler to leave the work with: use --executor slurm ({executor} "
                                "workers stop with their driver)")
     return opts
+
+
+def _throttle(executor: str, workers: int | None, max_running: int | None, opts: dict[str, Any]) -> int | None:
+    """Slurm's array throttle is --max-running (--workers, its old name there, warns); --workers
+    stays the local pool size. Puts max_running into ``opts``; returns the workers to pass."""
+    if executor != "slurm":
+        if max_running is not None:
+            raise click.UsageError(f"--max-running is the Slurm array throttle; for --executor {executor} "
+                                   "use --workers")
+        return workers
+    if workers is not None:
+        from .deprecation import renamed
+
+        renamed("--workers", "--max-running", where="bayesim-hpc with --executor slurm")
+        if max_running is not None and max_running != workers:
+            raise click.UsageError("give only --max-running (--workers is its old name on Slurm)")
+        max_running = workers
+    if max_running is not None:
+        opts["max_running"] = max_running
+    return None
 
 
 def _finish_code(result: Any) -> int:
@@ -136,7 +157,7 @@ def main(debug: bool) -> None:
 _executor_opt = click.option("--executor", "-e", type=click.Choice(["inline", "local", "mock", "slurm"]),
                              default=None, help="Where tasks run (default: local for run, the last one for resume).")
 _workers_opt = click.option("--workers", "-j", type=int, default=None,
-                            help="Parallel workers (local/mock), or the array throttle %N (slurm).")
+                            help="Parallel workers of a local pool (local/mock).")
 
 
 _keep_going_opt = click.option(
@@ -144,11 +165,36 @@ _keep_going_opt = click.option(
     help="Run every task even when the first ones all fail the same way (no early stop on a systematic failure).")
 
 
+def _notify_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed([
+        click.option("--notify", "notify", multiple=True, metavar="EMAIL|URL",
+                     help="Tell this email address or webhook URL when the study ends, stops early, fails often or "
+                          "stalls (repeatable; resume keeps it). See docs/cluster-guide.md."),
+        click.option("--no-notify", is_flag=True, help="Forget the --notify targets of earlier runs."),
+        click.option("--notify-stall-minutes", type=float, default=None,
+                     help="Notify when nothing progressed for this long (default 60)."),
+        click.option("--notify-failure-rate", type=float, default=None,
+                     help="Notify when this share of the run's tasks failed (default 0.25, after 10 tasks)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _notify_kwargs(notify, no_notify, stall, rate) -> dict[str, Any]:
+    if no_notify and notify:
+        raise click.UsageError("--notify and --no-notify contradict each other")
+    return {"notify": [] if no_notify else (list(notify) if notify else None),
+            "notify_options": {"stall_minutes": stall, "failure_rate": rate}}
+
+
 def _slurm_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed([
+        click.option("--max-running", type=int, default=None,
+                     help="Slurm array throttle %N: elements running at once (default 32)."),
         click.option("--profile", help="Cluster profile: a YAML file name in slurm_templates/ or a path."),
         click.option("--partition", help="Slurm partition (overrides the profile)."),
-        click.option("--time", "time_", help="Time limit per array element, minutes (overrides the profile)."),
+        click.option("--time", "time_", help="Time limit per array element: minutes, or H:MM:SS as in sbatch "
+                                             "(overrides the profile's time_min)."),
         click.option("--mem", help="Memory per array element, e.g. 4G (overrides the profile)."),
         click.option("--detach", is_flag=True, help="Submit and leave; check later with `status`."),
         click.option("--plan", type=click.Choice(["time", "shards"]), default=None,
@@ -177,9 +223,11 @@ def _slurm_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
               help="Adaptive replicates: add replicates in rounds until each cell's MCSE of MEASURE (a cells.csv "
                    "measure or its prefix, e.g. coverage=0.01, bias__slope=0.02) is at most MCSE. Repeatable.")
 @click.option("--max-replicates", type=int, default=None, help="Cap of replicates per cell for --target-mcse.")
+@_notify_opts
 @handle_errors
-def run(study_file, result_dir, executor, workers, profile, partition, time_, mem, detach, plan, target_minutes,
-        task_seconds, dry_run, force, shard_size, progress, keep_going, target_mcse, max_replicates) -> None:
+def run(study_file, result_dir, executor, workers, max_running, profile, partition, time_, mem, detach, plan,
+        target_minutes, task_seconds, dry_run, force, shard_size, progress, keep_going, target_mcse, max_replicates,
+        notify, no_notify, notify_stall_minutes, notify_failure_rate) -> None:
     """Run the study defined in STUDY_FILE (it defines `config = simulation_config(...)`).
 
     On an existing result directory the study may have grown (more replicates, new grid rows,
@@ -198,6 +246,8 @@ def run(study_file, result_dir, executor, workers, profile, partition, time_, me
         return
     opts = _executor_options(executor, profile, partition, time_, mem, dry_run, detach, plan, target_minutes,
                              task_seconds)
+    workers = _throttle(executor, workers, max_running, opts)
+    opts.update(_notify_kwargs(notify, no_notify, notify_stall_minutes, notify_failure_rate))
     if target_mcse or max_replicates is not None:
         from .runner import run_adaptive
 
@@ -271,14 +321,55 @@ def _print_plan(config: Any, executor: str, workers: int | None, shard_size: int
 @click.argument("result_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--no-live", is_flag=True, help="Do not ask the scheduler; use the manifest only.")
+@click.option("--efficiency", "with_efficiency", is_flag=True,
+              help="Also show requested vs used memory and time (as `bayesim-hpc efficiency`).")
 @handle_errors
-def status(result_dir, as_json, no_live) -> None:
+def status(result_dir, as_json, no_live, with_efficiency) -> None:
     """Show progress per cell and shard, job states with reasons, ETA and failures."""
     from .status import study_status
 
     st = study_status(result_dir, live=not no_live)
-    click.echo(st.to_json() if as_json else st.render())
+    if with_efficiency:
+        from .efficiency_study import study_efficiency
+
+        eff = study_efficiency(result_dir, live=not no_live)
+        click.echo(f'{{"status": {st.to_json()}, "efficiency": {eff.to_json()}}}' if as_json
+                   else st.render() + "\n" + eff.render())
+    else:
+        click.echo(st.to_json() if as_json else st.render())
     sys.exit(EXIT_OK if st.complete else EXIT_INCOMPLETE)
+
+
+@main.command()
+@click.argument("result_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--no-live", is_flag=True, help="Do not ask sacct; figures from the segments and done records only.")
+@click.option("--write-profile", "write_to", type=click.Path(dir_okay=False), default=None,
+              help="Write the suggested requests into this profile YAML (on top of --from).")
+@click.option("--from", "from_profile", default=None, help="The profile to start from (a name in slurm_templates/ "
+              "or a path); its other keys are kept.")
+@click.option("--mem-margin", type=float, default=0.2, show_default=True,
+              help="Suggested memory: p95 of MaxRSS times (1 + this).")
+@click.option("--time-margin", type=float, default=0.5, show_default=True,
+              help="Suggested time: p95 of the elements' elapsed times (1 + this).")
+@handle_errors
+def efficiency(result_dir, as_json, no_live, write_to, from_profile, mem_margin, time_margin) -> None:
+    """Requested vs used memory and time per resource class and cell, and a request for the next run.
+
+    Reads the result directory and `sacct` (Slurm accounting); no study code runs. See
+    docs/cluster-guide.md ("Efficiency").
+    """
+    from .efficiency_study import study_efficiency, write_profile
+
+    if mem_margin < 0 or time_margin < 0:
+        raise click.UsageError("--mem-margin and --time-margin are shares >= 0, e.g. 0.2 for 20 %")
+    if from_profile and not write_to:
+        raise click.UsageError("--from names the profile to start from with --write-profile OUT.yaml")
+    eff = study_efficiency(result_dir, live=not no_live, mem_margin=mem_margin, time_margin=time_margin)
+    click.echo(eff.to_json() if as_json else eff.render())
+    if write_to:
+        path = write_profile(eff, write_to, from_profile)
+        click.echo(f"wrote {path}; use it with: bayesim-hpc resume {result_dir} --profile {path}", err=True)
 
 
 @main.command()
@@ -288,9 +379,10 @@ def status(result_dir, as_json, no_live) -> None:
 @_slurm_opts
 @click.option("--progress/--no-progress", default=None)
 @_keep_going_opt
+@_notify_opts
 @handle_errors
-def resume(result_dir, executor, workers, profile, partition, time_, mem, detach, plan, target_minutes, task_seconds,
-           progress, keep_going) -> None:
+def resume(result_dir, executor, workers, max_running, profile, partition, time_, mem, detach, plan, target_minutes,
+           task_seconds, progress, keep_going, notify, no_notify, notify_stall_minutes, notify_failure_rate) -> None:
     """Finish a study: run only its missing and failed tasks."""
     from .manifest import Manifest
     from .resultdir import ResultDir
@@ -301,6 +393,8 @@ def resume(result_dir, executor, workers, profile, partition, time_, mem, detach
         executor = runs[-1]["executor"] if runs else "local"
     opts = _executor_options(executor, profile, partition, time_, mem, False, detach, plan, target_minutes,
                              task_seconds)
+    workers = _throttle(executor, workers, max_running, opts)
+    opts.update(_notify_kwargs(notify, no_notify, notify_stall_minutes, notify_failure_rate))
     result = resume_simulation(result_dir, executor, workers=workers, progress=progress, keep_going=keep_going, **opts)
     sys.exit(_finish_code(result))
 
@@ -347,7 +441,14 @@ def report(result_dir, out) -> None:
     """Write one self-contained HTML report: bias, coverage (zip plots), precision, convergence, SBC, failures."""
     from .report import build_report
 
-    click.echo(str(build_report(result_dir, out)))
+    extra = []
+    try:  # the efficiency section: requested vs used (asks sacct for a Slurm study)
+        from .efficiency_study import study_efficiency
+
+        extra.append(("efficiency", "Were the requests right?", study_efficiency(result_dir).to_html()))
+    except Exception as exc:  # the report is about the results; this section is a courtesy
+        click.echo(f"warning: no efficiency section ({type(exc).__name__}: {exc})", err=True)
+    click.echo(str(build_report(result_dir, out, extra_sections=extra)))
 
 
 @main.command()
@@ -449,7 +550,7 @@ def clean(result_dir, keep_n) -> None:
 @handle_errors
 def replay(result_dir, task_id, use_pdb) -> None:
     """Re-run one task in this process with its exact seeds (to debug a failure)."""
-    from .reduce import read_summary
+    from .summary_file import read_summary
     from .resultdir import ResultDir
     from .task import run_task, task_context
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .deprecation import renamed
 from .errors import ConfigError
 from .fingerprint import fingerprint_parts
 from .grid import TaskSpace, expand_grid
@@ -52,8 +53,8 @@ class Study:
     seed: int
     retain: tuple[str, ...]
     result_path: Path | None = None
-    checkpoint_every: int = 100
-    chunk_size: int = 100
+    #: a worker writes a segment after this many tasks (or after a minute, or when told to stop)
+    tasks_per_segment: int = 100
     max_errors: int | None = None
     task_grid: pd.DataFrame | None = None
     shard_size: int | None = None
@@ -76,10 +77,29 @@ class Study:
     def n_tasks(self) -> int:
         return self.space.n_tasks
 
+    # the old names of tasks_per_segment (before 0.3), kept for one release
+    @property
+    def chunk_size(self) -> int:
+        renamed("Study.chunk_size", "Study.tasks_per_segment", where="bayesim_hpc")
+        return self.tasks_per_segment
+
+    @property
+    def checkpoint_every(self) -> int:
+        renamed("Study.checkpoint_every", "Study.tasks_per_segment", where="bayesim_hpc")
+        return self.tasks_per_segment
+
     @property
     def flush_every(self) -> int:
-        """A worker writes a segment after this many tasks: min(chunk_size, checkpoint_every)."""
-        return min(self.chunk_size, self.checkpoint_every)
+        renamed("Study.flush_every", "Study.tasks_per_segment", where="bayesim_hpc")
+        return self.tasks_per_segment
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle, also a study frozen before 0.3 (``chunk_size`` and ``checkpoint_every``)."""
+        state = dict(state)
+        if "tasks_per_segment" not in state:
+            old = [state.pop(k) for k in ("chunk_size", "checkpoint_every") if k in state]
+            state["tasks_per_segment"] = min(old) if old else 100
+        self.__dict__.update(state)
 
     @cached_property
     def _columns(self) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
@@ -116,6 +136,8 @@ class Study:
         current = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("frozen_in", "layout")}
         current["retain"] = list(current["retain"])
         current["metrics"] = list(current["metrics"])
+        if any(k in changes for k in _OLD_TASKS_PER_SEGMENT) and "tasks_per_segment" not in changes:
+            del current["tasks_per_segment"]  # an old name of it is changed
         current.update(changes)
         return simulation_config(**current)
 
@@ -213,6 +235,28 @@ def _check_task_grid(task_grid: Any, nd: int, nf: int) -> pd.DataFrame | None:
     return tg
 
 
+_OLD_TASKS_PER_SEGMENT = ("chunk_size", "checkpoint_every", "max_in_memory")
+
+
+def _tasks_per_segment(value: Any, old_names: dict[str, Any]) -> int:
+    """``tasks_per_segment``, or the smallest of its old names (each warns once), default 100."""
+    unknown = sorted(set(old_names) - set(_OLD_TASKS_PER_SEGMENT))
+    if unknown:
+        raise TypeError(f"simulation_config() got an unexpected keyword argument {unknown[0]!r}")
+    old = {}
+    for k in _OLD_TASKS_PER_SEGMENT:
+        if old_names.get(k) is not None:
+            renamed(k, "tasks_per_segment", where="simulation_config", stacklevel=4)
+            old[k] = _check_int(k, old_names[k], 1, example=", e.g. tasks_per_segment=100")
+    if value is not None and old and any(v != value for v in old.values()):
+        k = next(k for k, v in old.items() if v != value)
+        raise ConfigError(k, old[k], f"conflicts with tasks_per_segment={value} (it is its old name)",
+                          "pass only tasks_per_segment")
+    if value is None:
+        value = min(old.values()) if old else 100
+    return _check_int("tasks_per_segment", value, 1, example=", e.g. tasks_per_segment=100")
+
+
 def simulation_config(
     data_grid: Any = None,
     fit_grid: Any = None,
@@ -223,9 +267,7 @@ def simulation_config(
     seed: int | None = None,
     retain: str | Sequence[str] = "standard",
     result_path: str | Path | None = None,
-    checkpoint_every: int = 100,
-    chunk_size: int | None = None,
-    max_in_memory: int | None = None,
+    tasks_per_segment: int | None = None,
     max_errors: int | None = None,
     task_grid: pd.DataFrame | None = None,
     shard_size: int | None = None,
@@ -233,6 +275,7 @@ def simulation_config(
     draws_dtype: str = "float64",
     compression: str | None = None,
     study_file: str | None = None,
+    **old_names: Any,
 ) -> Study:
     """Define a simulation study; every field is checked now, before anything runs.
 
@@ -246,8 +289,10 @@ def simulation_config(
         seed: the study seed (non-negative integer); all task seeds derive from it.
         retain: ``"minimal"``, ``"standard"``, ``"debug"`` or a list of artifacts.
         result_path: result directory (None: a temporary one, removed with the result).
-        checkpoint_every, chunk_size (alias ``max_in_memory``): a worker writes its buffered
-            results after ``min(chunk_size, checkpoint_every)`` tasks.
+        tasks_per_segment: a worker writes its buffered results as one segment after this many
+            tasks (default 100), after a minute, and when told to stop; it bounds a worker's
+            memory and what a node failure loses. Old names (warn): ``chunk_size``,
+            ``checkpoint_every``, ``max_in_memory`` (given together: the smallest counts).
         max_errors: stop the study once more than this many tasks failed (None: no limit).
         task_grid: optional DataFrame of 1-based ``data_idx``/``fit_idx`` pairs to run
             instead of the full cross.
@@ -309,12 +354,7 @@ def simulation_config(
         raise ConfigError("result_path", result_path, "must be a path", "pass a string or pathlib.Path")
     if result_path is not None and Path(result_path).exists() and not Path(result_path).is_dir():
         raise ConfigError("result_path", str(result_path), "exists and is not a directory", "choose a new directory name")
-    ce = _check_int("checkpoint_every", checkpoint_every, 1, example=", e.g. checkpoint_every=100")
-    if chunk_size is not None and max_in_memory is not None and chunk_size != max_in_memory:
-        raise ConfigError("max_in_memory", max_in_memory, f"conflicts with chunk_size={chunk_size} (it is an alias)",
-                          "pass only chunk_size")
-    cs = chunk_size if chunk_size is not None else max_in_memory
-    cs = _check_int("chunk_size", cs if cs is not None else ce, 1, example=", e.g. chunk_size=100")
+    tps = _tasks_per_segment(tasks_per_segment, old_names)
     me = _check_int("max_errors", max_errors, 0, allow_none=True, example=" or None for no limit")
     tg = _check_task_grid(task_grid, len(dg), len(fg))
     ss = _check_int("shard_size", shard_size, 1, allow_none=True, example=" or None")
@@ -328,7 +368,7 @@ def simulation_config(
         data_grid=dg, fit_grid=fg, data_generator=data_generator, fitter=fitter, metrics=tuple(metrics),
         n_replicates=n_rep, seed=seed_i, retain=tuple(retain_l),
         result_path=Path(result_path) if result_path is not None else None,
-        checkpoint_every=ce, chunk_size=cs, max_errors=me, task_grid=tg, shard_size=ss,
+        tasks_per_segment=tps, max_errors=me, task_grid=tg, shard_size=ss,
         stop_on_systematic_failure=sosf,
         draws_dtype=draws_dtype, compression=compression, study_file=study_file,
     )

@@ -28,7 +28,9 @@ __all__ = ["SimData", "TaskContext", "coerce_sim_data", "columns_of"]
 class TaskContext:
     """Everything a task knows about itself; passed to generators, fitters and metrics.
 
-    Indices are 0-based; ``task_id`` uses 1-based numbers (``d001_f001_r00001``).
+    ``data_idx``, ``fit_idx``, ``rep_idx`` and ``task_index`` are 0-based Python positions
+    (``study.data_spec(ctx.data_idx)``); ``task_id`` and the summary's columns of the same
+    names count from 1 (``d001_f001_r00001``; summary ``data_idx == ctx.data_idx + 1``).
     """
 
     task_id: str

@@ -371,7 +371,7 @@ def summarize_draws(
     draws: name -> array (chain, draw, *shape); every variable must have the same chains
         and draws. vars: the variables to summarise (default: all).
 
-    Returns a flat dict: ``rhat_max`` (largest R-hat), ``ess_bulk`` and ``ess_tail``
+    Returns a flat dict: ``rhat_max`` (largest R-hat), ``ess_bulk_min`` and ``ess_tail_min``
     (smallest ESS), over every element of the chosen variables, NaNs skipped (NaN only
     when all are NaN); and per variable ``rhat.<name>`` (max over its elements),
     ``ess_bulk.<name>`` and ``ess_tail.<name>`` (min over its elements).
@@ -382,7 +382,7 @@ def summarize_draws(
         raise KeyError(f"summarize_draws: no draws for {missing}; have {sorted(draws)}")
     out: dict[str, float] = {}
     if not names:
-        out.update(rhat_max=float("nan"), ess_bulk=float("nan"), ess_tail=float("nan"))
+        out.update(rhat_max=float("nan"), ess_bulk_min=float("nan"), ess_tail_min=float("nan"))
         return out
     arrays = []
     for n in names:
@@ -396,8 +396,8 @@ def summarize_draws(
     allx = np.concatenate(arrays, axis=2) if len(arrays) > 1 else arrays[0]
     r, eb, et = _diagnose3(allx)
     out["rhat_max"] = _nan_reduce(np.nanmax, r)
-    out["ess_bulk"] = _nan_reduce(np.nanmin, eb)
-    out["ess_tail"] = _nan_reduce(np.nanmin, et)
+    out["ess_bulk_min"] = _nan_reduce(np.nanmin, eb)
+    out["ess_tail_min"] = _nan_reduce(np.nanmin, et)
     start = 0
     for n, a in zip(names, arrays):
         sl = slice(start, start + a.shape[2])

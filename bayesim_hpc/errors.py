@@ -15,6 +15,8 @@ __all__ = [
     "Interrupted",
     "LockLostError",
     "DriverStopped",
+    "PartitionError",
+    "WorkerEnvironmentError",
 ]
 
 
@@ -80,3 +82,21 @@ class DriverStopped(BayesimError):
     """The driver was told to stop (SIGTERM, e.g. by ``bayesim-hpc cancel``) and did, cleanly."""
 
     exit_code = 3
+
+
+class PartitionError(BayesimError, ValueError):
+    """No Slurm partition can hold a request (or the one named cannot), found before submitting.
+
+    The message names the largest partition, its limits and the request field (``time``,
+    ``mem_gb``, ``cpus_per_task``, ``partition``) to change (``executors.slurm_partitions``).
+    """
+
+    exit_code = 8
+
+
+class WorkerEnvironmentError(BayesimError):
+    """The Slurm workers' Python or packages differ from the driver's (or their interpreter does not
+    run), found before submitting; the message names each difference with both versions
+    (``executors.slurm_container``)."""
+
+    exit_code = 9

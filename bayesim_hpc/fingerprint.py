@@ -169,7 +169,11 @@ def _settings(obj: Any, state: dict[str, Any]) -> list[tuple[str, Any]]:
                   if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     except (TypeError, ValueError):
         params = []
-    found = [(p, state[p] if p in state else state[f"_{p}"]) for p in params if p in state or f"_{p}" in state]
+    # a class may describe a renamed setting by its old name (``_described_as``: new -> old), so
+    # that a study frozen before the rename keeps its fingerprint
+    names = getattr(type(obj), "_described_as", None) or {}
+    found = [(names.get(p, p), state[p] if p in state else state[f"_{p}"]) for p in params
+             if p in state or f"_{p}" in state]
     if found:
         return sorted(found)
     return sorted((k, v) for k, v in state.items() if not k.startswith("_"))
@@ -266,7 +270,9 @@ def _legacy_describe(obj: Any, depth: int = 0) -> Any:
     state = getattr(obj, "__dict__", None)
     out: dict[str, Any] = {"class": _qualname(type(obj)), "source": _legacy_source_of(obj)}
     if state is not None:
-        out["settings"] = {k: _legacy_describe(v, depth + 1) for k, v in sorted(state.items()) if not k.startswith("_")}
+        names = getattr(type(obj), "_described_as", None) or {}
+        out["settings"] = {names.get(k, k): _legacy_describe(v, depth + 1) for k, v in sorted(state.items())
+                           if not k.startswith("_")}
     else:
         out["repr"] = repr(obj)
     return out

@@ -42,7 +42,8 @@ def expand_grid(grid: Mapping[str, Any] | pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class TaskRef:
-    """A task's indices (0-based) and id."""
+    """A task's positions, 0-based (the summary's ``data_idx``/``fit_idx``/``rep_idx`` and the
+    id ``d001_f001_r00001`` count from 1: the summary row has ``data_idx == ref.data_idx + 1``)."""
 
     index: int
     data_idx: int
@@ -284,10 +285,6 @@ class TaskSpace:
         cell once, sorted by (fit, data)); cost-sized planning of a new study walks this."""
         return np.concatenate([b.cells[b.shard_cellpos] for b in self.blocks]) if self.blocks else \
             np.empty(0, dtype=np.int64)
-
-    def index_at_shard_pos(self, pos: int) -> int:
-        """Canonical index of the task at position ``pos`` of shard order."""
-        return int(self.shard_indices(Shard(-1, int(pos), int(pos) + 1))[0])
 
     def shard_indices(self, shard: Shard) -> np.ndarray:
         """Canonical indices of a shard's tasks, in the order the worker runs them."""

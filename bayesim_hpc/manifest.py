@@ -24,9 +24,10 @@ from typing import Any, Callable
 import numpy as np
 
 from .locking import DirLock
+from .records import TaskState
 from .resultdir import ResultDir
 from .storage import (CorruptSegment, ForeignSegment, SegmentReadError, atomic_write_text, iter_segment_paths,
-                      stamp_of_dir)
+                      read_segment_rows, stamp_of_dir)
 
 __all__ = ["Manifest", "set_shard", "Progress", "scan_progress", "DONE_STATES"]
 
@@ -128,15 +129,15 @@ class Progress:
 
     @property
     def n_success(self) -> int:
-        return int(np.count_nonzero(self.state == 1))
+        return int(np.count_nonzero(self.state == TaskState.SUCCEEDED))
 
     @property
     def n_failed(self) -> int:
-        return int(np.count_nonzero(self.state == 2))
+        return int(np.count_nonzero(self.state == TaskState.FAILED))
 
     @property
     def n_missing(self) -> int:
-        return int(np.count_nonzero(self.state == 0))
+        return int(np.count_nonzero(self.state == TaskState.MISSING))
 
 
 def scan_progress(rd: ResultDir, n_tasks: int, shard_id: int | None = None,
@@ -147,11 +148,9 @@ def scan_progress(rd: ResultDir, n_tasks: int, shard_id: int | None = None,
     listed and their tasks count as missing: running them again is safe, because the
     reducer keeps exactly one row per task.
     """
-    from .reduce import read_segment_rows
-
     if stamp is None:
         stamp = stamp_of_dir(rd.path)
-    state = np.zeros(n_tasks, dtype=np.uint8)
+    state = np.full(n_tasks, TaskState.MISSING, dtype=np.uint8)
     prog = Progress(state)
     for path in iter_segment_paths(rd.path, shard_id):
         try:
@@ -167,7 +166,7 @@ def scan_progress(rd: ResultDir, n_tasks: int, shard_id: int | None = None,
             continue
         prog.n_segments += 1
         ok = np.array([s == "success" for s in rows.strings["status"]], dtype=bool)
-        state[rows.index[ok]] = 1
+        state[rows.index[ok]] = TaskState.SUCCEEDED
         failed = rows.index[~ok]
-        state[failed[state[failed] == 0]] = 2
+        state[failed[state[failed] == TaskState.MISSING]] = TaskState.FAILED
     return prog

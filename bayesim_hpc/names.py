@@ -19,6 +19,11 @@ current one; the cross-parameter averages have none (they are a different quanti
 keep their old name in old directories. ``load_results`` adds the current names to the
 frames of old directories and keeps the old ones beside them (see docs/metrics.md).
 
+Before version 0.3 the sampler diagnostics were ``divergent`` and ``max_treedepth`` (counts,
+now ``n_divergent`` and ``n_max_treedepth``) and ``ess_bulk``/``ess_tail`` (minima over the
+variables, now ``ess_bulk_min`` and ``ess_tail_min``); their cells columns were
+``divergent__sum`` and ``ess_bulk__min``. :func:`current_name` maps them too.
+
 Example:
     >>> current_name("coverage__by_param__slope")
     'cover90__slope'
@@ -26,6 +31,8 @@ Example:
     'cover50__slope__mcse'
     >>> current_name("bias__value") is None
     True
+    >>> current_name("divergent"), current_name("ess_bulk__min")
+    ('n_divergent', 'ess_bulk_min__min')
     >>> nominal_level("cover90")
     0.9
 """
@@ -37,7 +44,13 @@ import re
 import pandas as pd
 
 __all__ = ["current_name", "add_current_names", "add_legacy_names", "nominal_level", "split_column",
-           "level_suffix", "LEGACY_AGGREGATES"]
+           "level_suffix", "LEGACY_AGGREGATES", "DIAGNOSTIC_RENAMES"]
+
+#: sampler diagnostics renamed in 0.3: a count says so (``n_``), a minimum says so (``_min``)
+DIAGNOSTIC_RENAMES = {"divergent": "n_divergent", "max_treedepth": "n_max_treedepth",
+                      "ess_bulk": "ess_bulk_min", "ess_tail": "ess_tail_min"}
+#: the cells columns of those diagnostics before 0.3
+_OLD_DIAGNOSTIC_CELLS = {"divergent__sum": "n_divergent__sum", "ess_bulk__min": "ess_bulk_min__min"}
 
 #: old cross-parameter aggregates: no current name, never produced by this version
 LEGACY_AGGREGATES = ("rmse__value", "rmse__n_obs", "bias__value", "coverage__mean", "width__mean")
@@ -72,7 +85,12 @@ def split_column(col: str) -> tuple[str, str, str] | None:
 
 
 def current_name(col: str) -> str | None:
-    """The current name of a pre-0.2 column, or None if ``col`` is not an old per-parameter name."""
+    """The current name of an old column (a pre-0.2 per-parameter name, a pre-0.3 diagnostic),
+    or None if ``col`` is not an old name."""
+    if col in DIAGNOSTIC_RENAMES:
+        return DIAGNOSTIC_RENAMES[col]
+    if col in _OLD_DIAGNOSTIC_CELLS:
+        return _OLD_DIAGNOSTIC_CELLS[col]
     if "__by_param__" not in col:
         return None
     metric, rest = col.split("__by_param__", 1)

@@ -38,6 +38,7 @@ from .grid import space_from_raw
 from .locking import DirLock
 from .metrics import metric_columns
 from .reduce import ReduceOutcome, reduce_results, select_winners
+from .records import TaskState
 from .resultdir import ResultDir
 from .seeding import data_rng
 from .storage import atomic_write_text, read_rows, read_task_artifacts, write_segment
@@ -97,7 +98,7 @@ def remetric(result_dir: str | Path, study: Study | None = None, emit: Callable[
             merged = loaded
         space = space_from_raw(raw)
         win = select_winners(rd, space.n_tasks)
-        ok = win.state == 1
+        ok = win.state == TaskState.SUCCEEDED
         jobs = _collect(rd, win, ok)
         if not jobs:
             raise RemetricRefused(f"{rd.path} has no successful task to recompute")

@@ -23,6 +23,7 @@ class TaskState(IntEnum):
     MISSING = 0
     SUCCEEDED = 1
     FAILED = 2
+    HIDDEN = 3  #: (status only) a task of a cell the study dropped: neither done nor pending
 
 
 class WorkerExit(IntEnum):

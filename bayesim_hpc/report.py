@@ -190,8 +190,13 @@ def _select_cells(cells: pd.DataFrame) -> tuple[pd.DataFrame, str]:
                                                f"{len(cells)} cells; the tables have all.</p>")
 
 
-def build_report(path: str | Path, out: str | Path | None = None) -> Path:
-    """Write ``report.html`` (one self-contained file) and ``report.json`` for a result directory."""
+def build_report(path: str | Path, out: str | Path | None = None,
+                 extra_sections: list[tuple[str, str, str]] | tuple = ()) -> Path:
+    """Write ``report.html`` (one self-contained file) and ``report.json`` for a result directory.
+
+    ``extra_sections``: (key, title, HTML body) sections added at the end (the command line adds
+    the efficiency section of :mod:`bayesim_hpc.efficiency_study` this way).
+    """
     res = load_results(path)
     out = Path(out) if out else res.path / "report.html"
     cells = res.cells.sort_values(["data_idx", "fit_idx"]).reset_index(drop=True)
@@ -257,12 +262,12 @@ def build_report(path: str | Path, out: str | Path | None = None) -> Path:
         body += _table(rows, f"Paired comparisons with {cell_label(ref, 'fit')} (same datasets; paired MCSE)", 3)
     sections.append(("precision", "How does precision compare?", body or "<p>No estimates with true values.</p>"))
     # --- convergence ---------------------------------------------------------------------
-    diag = {c: ok[c].to_numpy(float) for c in ("rhat_max", "ess_bulk", "divergent") if c in ok.columns
+    diag = {c: ok[c].to_numpy(float) for c in ("rhat_max", "ess_bulk_min", "n_divergent") if c in ok.columns
             and ok[c].notna().any()}
     body = ""
     if diag:
         body += figure("Diagnostics", histogram_figure(diag, "Convergence diagnostics over all successful tasks"))
-        cols = [c for c in ("rhat_max__max", f"share_rhat_gt_{RHAT_THRESHOLD:g}", "ess_bulk__min", "divergent__sum") if c in cells.columns]
+        cols = [c for c in ("rhat_max__max", f"share_rhat_gt_{RHAT_THRESHOLD:g}", "ess_bulk_min__min", "n_divergent__sum") if c in cells.columns]
         body += _table([{"data": cell_label(r, "data"), "fit": cell_label(r, "fit"), **{c: r[c] for c in cols}}
                         for r in records(cells)], "Convergence per cell", 2)
     sections.append(("convergence", "Did the sampler converge?",
@@ -283,6 +288,7 @@ def build_report(path: str | Path, out: str | Path | None = None) -> Path:
         sections.append(("history", "History",
                          "<ul>" + "".join(f"<li>{html.escape(h)}</li>" for h in history) + "</ul>"))
 
+    sections += list(extra_sections)
     n_ok = int((summary["status"] == "success").sum())
     grids = "; ".join(f"{k}: {', '.join(map(str, dict.fromkeys(v)))}" for k, v in raw.get("data_grid", {}).items())
     fgrids = "; ".join(f"{k}: {', '.join(map(str, dict.fromkeys(v)))}" for k, v in raw.get("fit_grid", {}).items())

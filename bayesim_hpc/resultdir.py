@@ -48,7 +48,8 @@ from .grid import Shard, TaskSpace, plan_shards, space_from_raw
 from .storage import _write_failed, atomic_write_text, fsync_path, temp_name
 
 __all__ = ["ResultDir", "FrozenStudy", "package_versions", "UntrustedResultDir", "check_trusted",
-           "trusted_dirs", "trust_file", "metric_descriptions", "runtime_settings"]
+           "trusted_dirs", "trust_file", "metric_descriptions", "runtime_settings",
+           "runtime_tasks_per_segment"]
 
 #: environment variable: result directories to trust although another user owns them
 #: (``os.pathsep``-separated; ``*`` trusts every directory)
@@ -212,8 +213,16 @@ def runtime_settings(study: Study, keep_going: bool = False) -> dict[str, Any]:
     """
     return {"max_errors": study.max_errors,
             "stop_on_systematic_failure": None if keep_going else study.stop_on_systematic_failure,
-            "checkpoint_every": study.checkpoint_every, "chunk_size": study.chunk_size,
-            "retain": list(study.retain)}
+            "tasks_per_segment": study.tasks_per_segment, "retain": list(study.retain)}
+
+
+def runtime_tasks_per_segment(runtime: dict[str, Any], default: int) -> int:
+    """Tasks per segment from a study.json ``runtime`` dict; before 0.3 it held ``chunk_size``
+    and ``checkpoint_every`` and a worker flushed after the smaller of the two."""
+    if runtime.get("tasks_per_segment") is not None:
+        return int(runtime["tasks_per_segment"])
+    old = [int(runtime[k]) for k in ("chunk_size", "checkpoint_every") if runtime.get(k) is not None]
+    return min(old) if old else int(default)
 
 
 class ResultDir:
@@ -322,8 +331,6 @@ class ResultDir:
             "task_grid": None if study.task_grid is None else study.task_grid.to_dict("list"),
             "shard_size": shard_size,
             "shards": [[s.start, s.stop] for s in shards],
-            "chunk_size": study.chunk_size,
-            "checkpoint_every": study.checkpoint_every,
             "max_errors": study.max_errors,
             "runtime": runtime_settings(study),
             "study_file": study.study_file,

@@ -18,7 +18,8 @@ from typing import Any, Iterator
 import pandas as pd
 
 from .names import add_current_names, add_legacy_names, current_name
-from .reduce import ReduceOutcome, read_summary, reduce_results, summary_is_current
+from .reduce import ReduceOutcome, reduce_results
+from .summary_file import read_summary, summary_is_current
 from .resultdir import ResultDir
 from .storage import read_task_artifacts
 

@@ -21,7 +21,7 @@ def systematic_failure(rd: ResultDir, red: Any, max_errors: int | None) -> str |
     """The early-stop message when the run stopped because every task failed the same way."""
     if red is None or not red.n_failed or (max_errors is not None and red.n_failed > max_errors):
         return None  # (over max_errors: the error budget stopped the run)
-    from .reduce import read_summary
+    from .summary_file import read_summary
 
     s = read_summary(rd.summary, columns=["task_id", "status", "error_type", "error_stage", "error_message"])
     failed = s[s["status"] == "failed"]

@@ -12,8 +12,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import re
 import shutil
 import signal
@@ -24,21 +22,22 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 
 from .config import Study
 from .errors import (BayesimError, ConfigError, DriverStopped, ErrorBudgetExceeded, Interrupted, LockLostError,
-                     StudyChangedError, SystematicFailureError)
+                     SystematicFailureError)
 from .executors import make_executor
 from .executors.base import ProgressLine, RunContext, RunOutcome, default_shard_size
 from .locking import DirLock
 from .manifest import Manifest, scan_progress
 from .reduce import reduce_results
+from .notify import Notifier, NotifySettings, resolve_notify, start_notifier, with_slurm_mail
 from .relay import FoldingEmit
 from .run_messages import report_end as _report_end
 from .run_messages import systematic_failure as _systematic_failure
+from .prepare import live_work, missing_shards, prepare_result_dir, size_warnings  # noqa: F401 (re-exported)
 from .resultdir import ResultDir, check_trusted, runtime_settings
 from .results import SimulationResult
 from .storage import StorageFullError
@@ -99,144 +98,6 @@ class _DriverSignals:
             signal.signal(signal.SIGTERM, self._old)
 
 
-def _works_on(pid: int, rd: ResultDir) -> bool:
-    """Whether process ``pid`` (of this host) is a bayesim-hpc worker of this result directory."""
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        cmd, cwd = proc.cmdline(), proc.cwd()
-    except (psutil.Error, ValueError, OSError):
-        return False
-    if any("submitit" in c for c in cmd):  # a Slurm element on this node: its shard folder says whose it is
-        return True
-    if "bayesim_hpc.worker" not in cmd:
-        return False
-    target = rd.path.resolve()
-    return any(Path(cwd, a).resolve() == target for a in cmd[cmd.index("bayesim_hpc.worker") + 1:] if a
-               and not a.startswith("-"))
-
-
-def live_work(rd: ResultDir) -> list[str]:
-    """Workers or jobs of this result directory that may still write into it (descriptions)."""
-    out: list[str] = []
-    me = socket.gethostname()
-    if rd.shards_dir.is_dir():
-        for pf in sorted(rd.shards_dir.glob("s*/progress.json")):
-            try:
-                pr = json.loads(pf.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            pid, host = int(pr.get("pid", 0) or 0), pr.get("host")
-            if host == me:
-                if _works_on(pid, rd):
-                    out.append(f"worker pid {pid} ({pf.parent.name})")
-            elif host and time.time() - float(pr.get("time", 0)) < 600:
-                out.append(f"worker pid {pid} on host {host} ({pf.parent.name}, active in the last 10 minutes)")
-    runs = Manifest(rd).read().get("runs", [])
-    if runs and runs[-1].get("executor") == "slurm":
-        try:
-            from .executors.slurm import SlurmExecutor
-
-            for sid, st in sorted(SlurmExecutor().live_states(rd).items()):
-                if st.get("state") in ("PENDING", "RUNNING", "REQUEUED", "SUSPENDED", "CONFIGURING", "COMPLETING"):
-                    out.append(f"Slurm job {st.get('job_id')} (shard {sid}, {st.get('state')})")
-        except Exception as exc:  # the scheduler may be gone; the generation stamp still protects results
-            _stderr(f"warning: could not ask Slurm whether old jobs of {rd.path} still run ({exc})")
-    return out
-
-
-#: sizes beyond which a study is probably a mistake (a grid expanded by accident)
-MAX_SENSIBLE_CELLS = 100_000
-MAX_SENSIBLE_TASKS = 20_000_000
-
-
-def size_warnings(study: Study) -> list[str]:
-    """Warnings for absurdly large studies (every cell is listed in study.json and status)."""
-    n_cells = len(study.space.cells)
-    out = []
-    if n_cells > MAX_SENSIBLE_CELLS:
-        out.append(f"warning: {n_cells:,} cells ({len(study.data_grid):,} data x {len(study.fit_grid):,} fit "
-                   f"configurations): study.json stores both grids and status lists every cell. Did a dict of "
-                   f"lists expand into all combinations by accident? Pass a DataFrame of the rows you mean.")
-    if study.n_tasks > MAX_SENSIBLE_TASKS:
-        out.append(f"warning: {study.n_tasks:,} tasks; the reducer keeps ~40 bytes per task in memory and the "
-                   "summary holds one row per task. Consider fewer replicates per cell.")
-    return out
-
-
-def prepare_result_dir(study: Study, rd: ResultDir, resume: str, force: bool, shard_size: int,
-                       emit: Callable[[str], None] | None = None,
-                       shards_for: Callable[[], Any] | None = None) -> tuple[bool, Study]:
-    """Freeze a new study, or check an existing one and freeze what it adds (an extension).
-
-    Returns (whether the directory was new, the study to run: the frozen one, as extended).
-    ``shards_for()``: the executor's own shard plan for a new study (None: by ``shard_size``).
-    """
-    emit = emit or _stderr
-    if resume not in ("auto", "never", "must"):
-        raise ConfigError("resume", resume, "is not a resume mode", "use 'auto', 'never' or 'must'")
-    if rd.exists():
-        if force:
-            try:
-                grown = _extend_or_check(study, rd, shard_size, emit)
-                emit("force: the study is unchanged (or only grew), so its results are kept; running only what "
-                     "is missing")
-                return False, grown
-            except StudyChangedError:
-                pass
-            busy = live_work(rd)
-            if busy:
-                raise BayesimError(
-                    f"force: {rd.path} still has live work of the old study: {'; '.join(busy[:5])}. Its results "
-                    f"would mix with the new study's. Stop it first (bayesim-hpc cancel {rd.path}), then run again.")
-            moved = rd.discard_results()
-            emit(f"force: previous results moved to {moved}; starting the study afresh")
-        elif resume == "never":
-            raise BayesimError(
-                f"{rd.path} already holds results. Use resume='auto' to finish them, a new result_path, "
-                "or force=True to move them aside and start again."
-            )
-        else:
-            return False, _extend_or_check(study, rd, shard_size, emit)
-    elif resume == "must":
-        raise BayesimError(f"nothing to resume: {rd.path} holds no study (no study.json)")
-    rd.freeze(study, shard_size, shards_for() if shards_for is not None else None)
-    return True, study
-
-
-def _extend_or_check(study: Study, rd: ResultDir, shard_size: int, emit: Callable[[str], None]) -> Study:
-    """The frozen study, grown by what ``study`` adds; refuses a changed study (:mod:`.extend`)."""
-    from .extend import plan_extension
-
-    frozen = rd.read_frozen()
-    if study.frozen_in is not None and study.frozen_in == str(rd.path.resolve()):
-        return study  # read back from this directory: it is the frozen study
-    if frozen.raw.get("code") is None:  # made by bayesim-hpc 0.1: no extension, only the old comparison
-        rd.check_same_study(study)
-        return study
-    loaded = rd.load_study()
-    ext = plan_extension(frozen.raw, loaded, study, str(rd.path))
-    if ext.empty:
-        return dataclasses.replace(ext.study, result_path=study.result_path)
-    rd.apply_extension(ext, shard_size)
-    emit(f"bayesim-hpc: the study grew: {'; '.join(ext.what)}")
-    return dataclasses.replace(ext.study, result_path=study.result_path)
-
-
-def missing_shards(rd: ResultDir, study: Study, retry_failed: bool) -> tuple[list[int], Any]:
-    """Shards that have tasks without a row (or, with ``retry_failed``, with a failed row)."""
-    prog = scan_progress(rd, study.n_tasks)
-    out = []
-    active = study.space.active_mask()
-    for shard in rd.read_frozen().shards:
-        idx = study.space.shard_indices(shard)
-        st = prog.state[idx[active[idx]]]
-        if np.any(st == 0) or (retry_failed and np.any(st == 2)):
-            out.append(shard.shard_id)
-    return out, prog
-
-
 def run_simulation(
     config: Study,
     executor: str | Any = "inline",
@@ -252,6 +113,8 @@ def run_simulation(
     reduce: bool = True,
     lock_stale_after: float = 120.0,
     keep_going: bool = False,
+    notify: Sequence[str] | None = None,
+    notify_options: dict[str, Any] | None = None,
     **executor_options: Any,
 ) -> SimulationResult:
     """Run (or finish) a study with the executor chosen now; the study code never changes.
@@ -271,7 +134,11 @@ def run_simulation(
             driver's lock (see :mod:`bayesim_hpc.locking`).
         keep_going: do not stop early when the first tasks all fail the same way (this run
             only; see ``stop_on_systematic_failure`` in :func:`simulation_config`).
-        executor_options: passed to the executor (e.g. ``profile=``, ``time_limit=`` for Slurm).
+        notify: email addresses and webhook URLs told of the end, an early stop, a high failure
+            rate or a stall (:mod:`bayesim_hpc.notify`); ``None`` keeps those of the last run,
+            ``[]`` clears them. ``notify_options``: ``stall_minutes``, ``failure_rate``,
+            ``min_interval_minutes``.
+        executor_options: passed to the executor (e.g. ``profile=``, ``time_min=`` for Slurm).
 
     Returns a :class:`SimulationResult`. Raises :class:`ErrorBudgetExceeded` when more
     than ``max_errors`` tasks failed (after writing the summary of what finished).
@@ -288,6 +155,8 @@ def run_simulation(
     check_text_option("result_path", rd.path)
     for name, value in executor_options.items():
         check_text_option(name, value)
+    notify_settings = resolve_notify(rd, notify, notify_options)
+    executor_options = with_slurm_mail(notify_settings, executor, executor_options)
     ex = make_executor(executor, workers=workers, max_attempts=max_attempts, **executor_options)
     for line in size_warnings(config):
         emit(line)
@@ -301,7 +170,7 @@ def run_simulation(
             try:
                 result = _drive(config, rd, ex, lock, tmp, emit, resume=resume, retry_failed=retry_failed,
                                 force=force, progress=progress, shard_size=shard_size, max_attempts=max_attempts,
-                                reduce=reduce, keep_going=keep_going)
+                                reduce=reduce, keep_going=keep_going, notify=notify_settings)
             finally:
                 lock.release()
             if created and result.dry_run:  # a dry run leaves nothing behind, not even the directory
@@ -316,10 +185,11 @@ def run_simulation(
 def _drive(config: Study, rd: ResultDir, ex: Any, lock: DirLock, tmp: Any,
            emit: Callable[[str], None], *, resume: str, retry_failed: bool | None, force: bool,
            progress: bool | None, shard_size: int | None, max_attempts: int, reduce: bool,
-           keep_going: bool = False) -> SimulationResult:
+           keep_going: bool = False, notify: NotifySettings | None = None) -> SimulationResult:
     """The body of :func:`run_simulation`, under the driver lock."""
     manifest = Manifest(rd, guard=lock)
     run_recorded = False
+    notifier: Notifier | None = None
     try:
         size = shard_size or config.shard_size or default_shard_size(config.n_tasks, ex.parallelism)
         # an executor that sizes shards by cost (Slurm's time-aware plan) does so for a new study,
@@ -327,7 +197,7 @@ def _drive(config: Study, rd: ResultDir, ex: Any, lock: DirLock, tmp: Any,
         own = getattr(ex, "initial_shards", None) if not (shard_size or config.shard_size) else None
         is_new, config = prepare_result_dir(config, rd, resume, force, size, emit,
                                             (lambda: own(config, size)) if own is not None else None)
-        rd.set_runtime(runtime_settings(config, keep_going))
+        rd.set_runtime({**runtime_settings(config, keep_going), **({"notify": notify.to_runtime()} if notify else {})})
         if retry_failed is None:
             retry_failed = not is_new
         todo, prog = missing_shards(rd, config, retry_failed)
@@ -343,6 +213,9 @@ def _drive(config: Study, rd: ResultDir, ex: Any, lock: DirLock, tmp: Any,
         done0 = prog.n_success + (0 if retry_failed else prog.n_failed)
         show = sys.stderr.isatty() if progress is None else progress
         bar = ProgressLine(config.n_tasks, done0, 0 if retry_failed else prog.n_failed, enabled=show)
+        notifier = start_notifier(notify, rd, config.n_tasks, done0, 0 if retry_failed else prog.n_failed, emit,
+                                  bar, detached=bool(getattr(ex, "detach", False)), dry_run=bool(
+                                      getattr(ex, "dry_run", False)))
         if todo:
             emit(f"bayesim-hpc: {config.n_tasks} tasks in {len(rd.read_frozen().shards)} shards; "
                  f"{config.n_tasks - done0} to run in {len(todo)} shard(s) on executor '{ex.name}' ({rd.path})")
@@ -374,6 +247,9 @@ def _drive(config: Study, rd: ResultDir, ex: Any, lock: DirLock, tmp: Any,
             emit(f"submitted; the driver is leaving. Check with: bayesim-hpc status {rd.path}")
             return SimulationResult(rd.path, None, _tmpdir=tmp)
         if outcome.storage_error:
+            if notifier is not None:
+                notifier.event("stopped", "storage error", f"{outcome.storage_error}; free space, then: "
+                               f"bayesim-hpc resume {rd.path}")
             raise StorageFullError(
                 28, f"{outcome.storage_error}. Workers were stopped; finished tasks are kept. Free space in "
                     f"{rd.path}, then finish with: bayesim-hpc resume {rd.path}")
@@ -388,10 +264,19 @@ def _drive(config: Study, rd: ResultDir, ex: Any, lock: DirLock, tmp: Any,
                 manifest.update(lambda d: d["runs"][-1].update(ended=time.time(), interrupted=why))
             except Exception:  # the record is a courtesy; the stop must go on
                 pass
+        if notifier is not None:
+            notifier.event("stopped", f"stopped by {why}", f"the driver was stopped by {why}; finish with: "
+                           f"bayesim-hpc resume {rd.path}")
         raise DriverStopped(f"stopped by {exc}: workers were told to flush and stop, finished tasks are kept, the "
                             f"lock is released. Finish with: bayesim-hpc resume {rd.path}") from None
+    finally:
+        if notifier is not None:
+            notifier.close()
     result = SimulationResult(rd.path, red, _tmpdir=tmp)
     systematic = _systematic_failure(rd, red, config.max_errors) if outcome.budget_exceeded else None
+    if notifier is not None and not outcome.detached and not outcome.dry_run:
+        notifier.run_ended(red, outcome.budget_exceeded, systematic)
+        notifier.close()
     if red is not None:
         _report_end(emit, rd, red, outcome.unfinished, advise=systematic is None)
     if outcome.budget_exceeded:

@@ -26,6 +26,7 @@ from .manifest import Manifest
 from .resultdir import ResultDir
 from .adaptive import adaptive_notes
 from .history import lifecycle_notes
+from .records import TaskState
 from .reduce import select_winners
 from .storage import read_rows, shard_dir, study_stamp
 
@@ -195,7 +196,7 @@ def _failures(rd: ResultDir, win: Any, state: np.ndarray) -> list[dict[str, Any]
     kinds: dict[tuple[str, str], dict[str, Any]] = {}
     for k, path in enumerate(win.segments):
         tasks, rows_won = win.rows_won(k)
-        rows_won = rows_won[state[tasks] == 2]
+        rows_won = rows_won[state[tasks] == TaskState.FAILED]
         if rows_won.size == 0:
             continue
         rows = read_rows(path, columns=())
@@ -220,13 +221,13 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
     win = select_winners(rd, n, columns=("n_warnings",), track=("n_warnings",), stamp=study_stamp(raw))
     task_state = win.state.copy()
     active = space.active_mask()
-    task_state[~active] = 3  # hidden cells: neither done nor pending
+    task_state[~active] = TaskState.HIDDEN  # hidden cells: neither done nor pending
     n_active = int(np.count_nonzero(active))
-    n_success, n_failed = int(np.count_nonzero(task_state == 1)), int(np.count_nonzero(task_state == 2))
+    n_success, n_failed = int(np.count_nonzero(task_state == TaskState.SUCCEEDED)), int(np.count_nonzero(task_state == TaskState.FAILED))
     cell_of, _ = space.cell_and_rep(np.arange(n))
     n_cells = len(space.cells)
-    done = np.bincount(cell_of[task_state == 1], minlength=n_cells)
-    failed = np.bincount(cell_of[task_state == 2], minlength=n_cells)
+    done = np.bincount(cell_of[task_state == TaskState.SUCCEEDED], minlength=n_cells)
+    failed = np.bincount(cell_of[task_state == TaskState.FAILED], minlength=n_cells)
     cells = []
     for k in np.lexsort((space.cells[:, 1], space.cells[:, 0])):
         if space.hidden[k]:
@@ -264,12 +265,12 @@ def study_status(path: str | Path, live: bool = True) -> StudyStatus:
         st = task_state[space.shard_indices(sh)]
         entry = dict(mshards.get(str(sh.shard_id), {}))
         entry.update(live_states.get(sh.shard_id, {}))
-        missing = int(np.count_nonzero(st == 0))
+        missing = int(np.count_nonzero(st == TaskState.MISSING))
         state = entry.get("state", "PENDING")
         if missing == 0 and state not in ("RUNNING",):
             state = "COMPLETED"
-        shards.append({"shard": sh.shard_id, "tasks": sh.n_tasks, "done": int(np.count_nonzero(st == 1)),
-                       "failed": int(np.count_nonzero(st == 2)), "missing": missing, "state": state,
+        shards.append({"shard": sh.shard_id, "tasks": sh.n_tasks, "done": int(np.count_nonzero(st == TaskState.SUCCEEDED)),
+                       "failed": int(np.count_nonzero(st == TaskState.FAILED)), "missing": missing, "state": state,
                        "reason": _current_reason(state, entry.get("reason", "")),
                        "attempts": int(entry.get("attempts", 0)),
                        "job_ids": list(dict.fromkeys(entry.get("job_ids", []))),

@@ -488,3 +488,16 @@ def read_task_artifacts(path: Path, task_id: str) -> dict[str, Any]:
         if "fit" in g:
             out["fit_bytes"] = g["fit"][...].tobytes()
         return out
+
+
+def read_segment_rows(path: Path, columns: Iterable[str] | None, stamp: tuple[str, str], n_tasks: int,
+                      retries: int = 2, wait: float = 0.2):
+    """:func:`read_rows` with this study's checks, retrying I/O errors ``retries`` times."""
+    for k in range(retries + 1):
+        try:
+            return read_rows(path, columns=columns, stamp=stamp, n_tasks=n_tasks)
+        except SegmentReadError:
+            if k == retries:
+                raise
+            time.sleep(wait * (k + 1))
+    raise AssertionError("unreachable")

@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 
 from .config import Study
+from .deprecation import renamed
 from .data import SimData, TaskContext, coerce_sim_data, columns_of
 from .errors import TaskError
 from .fitters.base import DIAGNOSTIC_COLUMNS, FitResult
 from .grid import TaskRef
 from .metrics import metric_columns
+from .names import DIAGNOSTIC_RENAMES
 from .records import TaskRecord
 from .seeding import data_rng, data_seed_sequence, fit_seed_sequence, int_seed
 
@@ -72,8 +74,11 @@ def _core_columns(fit: FitResult, data: SimData) -> dict[str, float]:
 def _diagnostic_columns(fit: FitResult) -> dict[str, float]:
     out = {k: math.nan for k in DIAGNOSTIC_COLUMNS}
     for k, v in fit.diagnostics.items():
+        k = str(k)
+        if k in DIAGNOSTIC_RENAMES:  # a fitter written before 0.3 (run_task warns, outside the task)
+            k = DIAGNOSTIC_RENAMES[k]
         try:
-            out[str(k)] = float(v)
+            out[k] = float(v)
         except (TypeError, ValueError):
             continue  # non-scalar diagnostics are not summary columns
     return out
@@ -175,6 +180,9 @@ def run_task(study: Study, ref: TaskRef, attempt: int = 1, shard_id: int = -1) -
             rec.error_stage = stage
             rec.error_traceback = traceback.format_exc()[-_TRACEBACK_TAIL:]
         warns.extend(f"{w.category.__name__}: {w.message}" for w in caught)
+    for old in set(fit.diagnostics if fit is not None else ()) & set(DIAGNOSTIC_RENAMES):
+        renamed(f"FitResult.diagnostics[{old!r}]", f"FitResult.diagnostics[{DIAGNOSTIC_RENAMES[old]!r}]",
+                where=f"fitter {type(study.fitter).__name__}")
     timing["timing_total"] = time.perf_counter() - t_start
     rec.columns.update(timing)
     rec.warnings = list(dict.fromkeys(warns))  # de-duplicated, order kept

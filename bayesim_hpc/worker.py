@@ -1,7 +1,7 @@
 """The worker: run one shard's missing tasks and write them as durable segments.
 
 A worker reads which of its shard's tasks are already in valid segments, runs the rest,
-and writes a segment every ``min(chunk_size, checkpoint_every)`` tasks, every
+and writes a segment every ``tasks_per_segment`` tasks, every
 ``flush_seconds`` and when it is told to stop (SIGTERM, SIGUSR2 or SIGINT: the fit in
 progress is abandoned, finished tasks are flushed, and the worker exits with
 :data:`EXIT_STOPPED`). Memory is bounded by the buffer of unflushed tasks.
@@ -33,8 +33,8 @@ from typing import Callable
 
 from .config import Study
 from .manifest import scan_progress
-from .records import WorkerExit
-from .resultdir import ResultDir
+from .records import TaskState, WorkerExit
+from .resultdir import ResultDir, runtime_tasks_per_segment
 from .storage import StorageFullError, atomic_write_text, ensure_shard_dir, shard_dir, study_stamp, write_segment
 from .task import TaskRecord, run_task
 
@@ -172,7 +172,7 @@ def run_shard(
         emit(f"[shard {shard_id}] ignoring segment {path.name}: {why}")
     indices = space.shard_indices(shard)
     active = space.active_mask()  # tasks of hidden cells (grid rows the study dropped) never run
-    todo = [int(i) for i in indices if active[i] and (prog.state[i] == 0 or (retry_failed and prog.state[i] == 2))]
+    todo = [int(i) for i in indices if active[i] and (prog.state[i] == TaskState.MISSING or (retry_failed and prog.state[i] == TaskState.FAILED))]
     out = ShardOutcome(shard_id, attempt, 0, 0, 0, len(indices) - len(todo))
     buffer: list[TaskRecord] = []
     seq = _next_seq(rd, shard_id, attempt)
@@ -181,11 +181,10 @@ def run_shard(
     last_progress = 0.0
     runtime = frozen.raw.get("runtime", {})  # this run's settings (the driver writes them)
     max_errors = runtime.get("max_errors", study.max_errors)
-    flush_every = min(int(runtime.get("chunk_size", study.chunk_size)),
-                      int(runtime.get("checkpoint_every", study.checkpoint_every)))
+    tasks_per_segment = runtime_tasks_per_segment(runtime, study.tasks_per_segment)
     systematic = _SystematicFailure(runtime.get("stop_on_systematic_failure", study.stop_on_systematic_failure),
-                                    len(indices), succeeded_before=bool((prog.state[indices] == 1).any()))
-    n_failed_before = int((prog.state[indices] == 2).sum()) if not retry_failed else 0
+                                    len(indices), succeeded_before=bool((prog.state[indices] == TaskState.SUCCEEDED).any()))
+    n_failed_before = int((prog.state[indices] == TaskState.FAILED).sum()) if not retry_failed else 0
 
     def flush() -> None:
         nonlocal seq, last_flush
@@ -244,7 +243,7 @@ def run_shard(
             for w in rec.warnings:  # every one: the driver folds repeats across workers (relay.FoldingEmit)
                 emit(f"[{rec.task_id}] WARNING {w}")
             now = time.monotonic()
-            if len(buffer) >= flush_every or now - last_flush >= flush_seconds:
+            if len(buffer) >= tasks_per_segment or now - last_flush >= flush_seconds:
                 flush()
             if now - last_progress >= 2.0:
                 try:
@@ -348,18 +347,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attempt", type=int, default=1)
     ap.add_argument("--retry-failed", action="store_true")
     ap.add_argument("--serve", action="store_true", help="run the shards named on stdin, one JSON line each")
-    ap.add_argument("--shard-map", help="JSON file mapping SLURM_ARRAY_TASK_ID to shard ids")
     args = ap.parse_args(argv)
     if args.serve:
         return _serve(args.result_dir)
+    if args.shard_id is None:
+        ap.error("give SHARD_ID (or --serve)")
     shard_id = args.shard_id
-    if shard_id is None:  # an array element: its shard comes from the array index
-        task = int(os.environ["SLURM_ARRAY_TASK_ID"])
-        shard_id = int(json.loads(Path(args.shard_map).read_text())[task])
-    attempt = args.attempt
-    if os.environ.get("BAYESIM_ATTEMPT_FROM_RESTART"):  # Slurm requeues keep argv; count restarts
-        attempt += int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-    out = run_shard(args.result_dir, shard_id, attempt, args.retry_failed, handle_signals=True)
+    out = run_shard(args.result_dir, shard_id, args.attempt, args.retry_failed, handle_signals=True)
     print(json.dumps({"shard_done": shard_id, "exit": out.exit_code, "run": out.n_run, "success": out.n_success,
                       "failed": out.n_failed}), flush=True)
     return out.exit_code

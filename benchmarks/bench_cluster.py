@@ -70,7 +70,7 @@ def study(path: Path, reps: int):
 
     return simulation_config(
         data_grid={"n": [40, 1000]}, fit_grid={"model": ["robust"]}, data_generator=generate,
-        fitter=PyMCFitter(build_model, data=model_data, draws=500, tune=500, chains=2),
+        fitter=PyMCFitter(build_model, model_data=model_data, draws=500, tune=500, chains=2),
         metrics=[bias_metric(), coverage_metric(0.9)], n_replicates=reps, seed=7, retain="minimal",
         result_path=path, shard_size=10)
 
@@ -117,7 +117,7 @@ def run_cluster(args) -> None:
             path = tmp / f"slurm-{plan}"
             lines: list[str] = []
             t0 = time.perf_counter()
-            res = run_simulation(study(path, args.reps), "slurm", plan=plan, workers=32, time=60, mem=2,
+            res = run_simulation(study(path, args.reps), "slurm", plan=plan, max_running=32, time_min=60, mem=2,
                                  poll_min_interval=2.0, tick=0.5, progress=False, emit=lines.append)
             wall = time.perf_counter() - t0
             assert res.complete, "the study did not complete"

@@ -8,7 +8,7 @@ with 4 chains x 1000 draws after 1000 tuning steps, one core:
     vectorised diagnostics. The one-time compile is reported apart.
 (c) study worker: the same datasets as a study run through ``run_simulation`` (inline
     executor = the worker code every executor runs: seeds, metrics, diagnostics, segments
-    written to HDF5, reducer), with ``PyMCFitter(build_model, data=model_data)``: the model
+    written to HDF5, reducer), with ``PyMCFitter(build_model, model_data=model_data)``: the model
     is built once (first task), later tasks only swap the pm.Data values. Its share of time
     outside ``nutpie.sample`` is 1 - sum(timing_fit_sampling) / (wall - compile).
 (c2) as (c), with ``lazy_idata=True``: draws read from nutpie's raw trace, the InferenceData
@@ -74,7 +74,7 @@ def build_model(data: SimData, fit_spec: dict):
 
 
 def model_data(data: SimData, fit_spec: dict) -> dict:
-    """The pm.Data values of build_model: with PyMCFitter(data=...) the model is built only once."""
+    """The pm.Data values of build_model: with PyMCFitter(model_data=...) the model is built only once."""
     return {"x": data.column("x"), "y_obs": data.column("y")}
 
 
@@ -109,7 +109,7 @@ def run_fitter_loop(datasets, seeds, fitter, fit_spec) -> dict:
             k: float(np.median([r.timing.get(k, 0.0) for r in results]))
             for k in ("build", "sampling", "diagnostics")
         },
-        "divergent": float(sum(r.diagnostics["divergent"] for r in results)),
+        "n_divergent": float(sum(r.diagnostics["n_divergent"] for r in results)),
         "rhat_max": float(max(r.diagnostics["rhat_max"] for r in results)),
         "results": results,
     }
@@ -131,7 +131,7 @@ def run_worker_study(datasets, draws, tune, chains, data=model_data, lazy_idata=
     with tempfile.TemporaryDirectory() as tmp:
         cfg = simulation_config(
             data_grid={"n": [datasets[0].column("x").size]}, fit_grid={"model": ["linear"]}, data_generator=generate,
-            fitter=PyMCFitter(build_model, draws=draws, tune=tune, chains=chains, data=data, lazy_idata=lazy_idata),
+            fitter=PyMCFitter(build_model, draws=draws, tune=tune, chains=chains, model_data=data, lazy_idata=lazy_idata),
             metrics=[rmse_metric("params"), bias_metric(), coverage_metric()], n_replicates=len(datasets),
             seed=1, retain="standard", result_path=f"{tmp}/r")
         t0 = time.perf_counter()
@@ -400,7 +400,7 @@ def main(argv=None):
     print(f"| (a) PyMCFitter: compile once + with_data + nutpie | {a['n']} | "
           f"{a['per_fit_median']:.3f} | {rate_a:.1f} | excl. one-time compile {a['compile']:.1f} s; "
           f"{rate_a_incl:.1f} fits/s incl. it |")
-    studies = [("(c) study through our worker, data=", c),
+    studies = [("(c) study through our worker, model_data=", c),
                ("(c2) as (c) + lazy_idata=True (no InferenceData built)", c2)]
     for label, st in studies:
         st["rate"] = st["n"] / (st["wall"] - st["compile"])
@@ -424,7 +424,7 @@ def main(argv=None):
     print(f"(a) time outside nutpie.sample: {100 * a['outside_sample_share']:.1f} % of steady-state "
           f"fitter time (median per fit: build+with_data {1e3 * parts['build']:.1f} ms, "
           f"nutpie.sample {1e3 * parts['sampling']:.1f} ms, diagnostics {1e3 * parts['diagnostics']:.1f} ms)")
-    print(f"(a) divergences in all fits: {a['divergent']:.0f}; largest R-hat: {a['rhat_max']:.3f}")
+    print(f"(a) divergences in all fits: {a['n_divergent']:.0f}; largest R-hat: {a['rhat_max']:.3f}")
     for tag, st in (("(c)", c), ("(c2)", c2)):
         pc = st["parts"]
         print(f"{tag} per task, steady state (median ms): data()+with_data {1e3 * pc['build']:.2f}, "

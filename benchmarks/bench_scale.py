@@ -4,7 +4,7 @@ Prints a table:
 * inline tasks/s for the seed's 25,000-task study (50 data x 5 fit x 100 replicates,
   retention ``minimal``) and the driver's peak RSS;
 * peak RSS of driver, workers and reducer for a 25,000- and a 250,000-task study on the
-  local pool (``minimal``, chunk_size 100), and the reducer's rows/s. Each role runs in
+  local pool (``minimal``, tasks_per_segment 100), and the reducer's rows/s. Each role runs in
   its own process, which reports its own ``ru_maxrss``.
 
     python benchmarks/bench_scale.py                 # all (about 5 minutes on 2 cores)
@@ -42,7 +42,7 @@ def study(n_data: int, n_reps: int, result_path, fitter=None):
         data_grid={"n": list(range(100, 100 + n_data)), "sigma": [1.0], "b0": [1.0], "b1": [2.0]},
         fit_grid={"model": [f"m{i}" for i in range(5)]}, data_generator=generate,
         fitter=fitter or MockFitter(), metrics=[rmse_metric(), bias_metric(), coverage_metric()],
-        n_replicates=n_reps, seed=42, retain="minimal", chunk_size=100, result_path=result_path)
+        n_replicates=n_reps, seed=42, retain="minimal", tasks_per_segment=100, result_path=result_path)
 
 
 def maxrss_mb() -> float:

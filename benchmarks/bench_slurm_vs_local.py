@@ -31,7 +31,7 @@ from tests.studies.linear import make_config  # noqa: E402
 def study(path: Path, delay: float):
     return make_config(result_path=path, data_grid={"n": [50, 100], "sigma": [0.5, 1.0]},
                        fit_grid={"model": ["a", "b"]}, n_replicates=125, retain="minimal", shard_size=100,
-                       chunk_size=25, fitter=MockFitter(delay=delay))
+                       tasks_per_segment=25, fitter=MockFitter(delay=delay))
 
 
 def timed(path: Path, delay: float, executor: str, **opts) -> tuple[float, object]:
@@ -57,7 +57,7 @@ def main() -> None:
         wall, _ = timed(tmp / "local", args.delay, "local", workers=args.workers)
         rows.append((f"local pool ({args.workers} workers)", wall, None))
         for poll in (10.0, 1.0):
-            wall, counts = timed(tmp / f"slurm-{poll:g}", args.delay, "slurm", workers=args.throttle, time=10, mem=1,
+            wall, counts = timed(tmp / f"slurm-{poll:g}", args.delay, "slurm", max_running=args.throttle, time_min=10, mem=1,
                                  poll_min_interval=poll)
             rows.append((f"slurm (%{args.throttle}, poll {poll:g} s)", wall, counts))
     finally:

@@ -49,7 +49,7 @@ config = simulation_config(
     data_grid={"n": [50, 200], "sigma": [1.0]},
     fit_grid={"model": ["linear"]},
     data_generator=generate,
-    fitter=PyMCFitter(build_model, data=model_data, draws=500, tune=500, chains=2, predict=predict),
+    fitter=PyMCFitter(build_model, model_data=model_data, draws=500, tune=500, chains=2, predict=predict),
     metrics=[rmse_metric(), bias_metric(), coverage_metric(0.9), interval_width_metric(0.9)],
     n_replicates=10,
     seed=42,

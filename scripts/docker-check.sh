@@ -222,7 +222,7 @@ slurm_tests() {
 
 example_study() {
   local out=/root/example-results/linear_pymc name n_done n_bad
-  bayesim-hpc run examples/linear_pymc.py --executor slurm --workers 2 --result-dir "$out" --no-progress
+  bayesim-hpc run examples/linear_pymc.py --executor slurm --max-running 2 --result-dir "$out" --no-progress
   bayesim-hpc status "$out"
   name=$(python -c 'import sys; from bayesim_hpc.resultdir import ResultDir; from bayesim_hpc.executors.slurm import job_name; print(job_name(ResultDir(sys.argv[1])))' "$out")
   sacct -a -X -P -S now-1days -o JobID,JobName,User,State,ExitCode --name "$name" | tee /tmp/sacct.txt
@@ -248,7 +248,7 @@ unprivileged() {
   runuser -u simuser -- env HOME=/home/simuser bash -c '
     set -euo pipefail
     cd ~
-    bayesim-hpc run /opt/bayesim-hpc/examples/linear_mock.py --executor slurm --workers 2 --result-dir ~/mock --no-progress
+    bayesim-hpc run /opt/bayesim-hpc/examples/linear_mock.py --executor slurm --max-running 2 --result-dir ~/mock --no-progress
     bayesim-hpc status ~/mock
     test "$(stat -c %U ~/mock)" = simuser'
   sacct -X -n -P -S now-1days -u simuser -o JobID,User,State | tee /tmp/sacct-user.txt

@@ -17,7 +17,7 @@ import pandas as pd
 from bayesim_hpc import load_results
 pd.set_option("display.width", 160)
 res = load_results(sys.argv[1])
-print(res.summary[["task_id", "status", "rmse__pred_test", "bias__slope", "cover90__slope", "rhat_max", "ess_bulk", "timing_total"]].head(5).to_string(index=False))
+print(res.summary[["task_id", "status", "rmse__pred_test", "bias__slope", "cover90__slope", "rhat_max", "ess_bulk_min", "timing_total"]].head(5).to_string(index=False))
 cols = ["data_n", "n_success", "bias__slope", "bias__slope__mcse", "rmse__slope", "cover90__slope", "cover90__slope__wilson_low", "cover90__slope__wilson_high"]
 print(res.cells[cols].to_string(index=False))
 PY

@@ -44,9 +44,9 @@ CASES = [
     ("seed string", dict(seed="42"), "seed"),
     ("retain unknown profile", dict(retain="everything"), "retain"),
     ("retain unknown artifact", dict(retain=["metrics", "posterior"]), "retain"),
-    ("checkpoint_every", dict(checkpoint_every=0), "checkpoint_every"),
-    ("chunk_size", dict(chunk_size=-5), "chunk_size"),
-    ("max_in_memory conflict", dict(chunk_size=10, max_in_memory=20), "max_in_memory"),
+    ("tasks_per_segment", dict(tasks_per_segment=0), "tasks_per_segment"),
+    ("chunk_size (old name)", dict(chunk_size=-5), "chunk_size"),
+    ("max_in_memory conflict", dict(tasks_per_segment=10, max_in_memory=20), "max_in_memory"),
     ("max_errors", dict(max_errors=-1), "max_errors"),
     ("task_grid columns", dict(task_grid=pd.DataFrame({"d": [1]})), "task_grid"),
     ("task_grid range", dict(task_grid=pd.DataFrame({"data_idx": [2], "fit_idx": [1]})), "task_grid['data_idx']"),
@@ -74,11 +74,12 @@ def test_result_path_that_is_a_file(tmp_path):
         make_config(result_path=f)
 
 
-def test_max_in_memory_is_an_alias():
-    assert make_config(max_in_memory=7).chunk_size == 7
-    cfg = make_config(chunk_size=10, checkpoint_every=50)
-    assert cfg.flush_every == 10
-    assert make_config(chunk_size=100, checkpoint_every=20).flush_every == 20
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_old_names_of_tasks_per_segment_still_work():
+    assert make_config(max_in_memory=7).tasks_per_segment == 7
+    assert make_config(chunk_size=10, checkpoint_every=50).tasks_per_segment == 10
+    assert make_config(chunk_size=100, checkpoint_every=20).tasks_per_segment == 20
+    assert make_config(tasks_per_segment=20, checkpoint_every=20).tasks_per_segment == 20
 
 
 def test_unknown_executor_and_resume_mode(tmp_path):

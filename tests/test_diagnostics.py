@@ -157,10 +157,10 @@ def test_summarize_draws_keys_and_values():
     assert s["rhat.mu"] == pytest.approx(r_mu) and s["ess_bulk.mu"] == pytest.approx(b_mu)
     assert s["rhat.beta"] == pytest.approx(r_b.max()) and s["ess_tail.beta"] == pytest.approx(t_b.min())
     assert s["rhat_max"] == pytest.approx(max(r_mu, r_b.max()))
-    assert s["ess_bulk"] == pytest.approx(min(b_mu, b_b.min()))
-    assert s["ess_tail"] == pytest.approx(min(t_mu, t_b.min()))
+    assert s["ess_bulk_min"] == pytest.approx(min(b_mu, b_b.min()))
+    assert s["ess_tail_min"] == pytest.approx(min(t_mu, t_b.min()))
     only = dg.summarize_draws(draws, ["mu"])
-    assert set(only) == {"rhat_max", "ess_bulk", "ess_tail", "rhat.mu", "ess_bulk.mu", "ess_tail.mu"}
+    assert set(only) == {"rhat_max", "ess_bulk_min", "ess_tail_min", "rhat.mu", "ess_bulk.mu", "ess_tail.mu"}
     with pytest.raises(KeyError):
         dg.summarize_draws(draws, ["nope"])
     with pytest.raises(ValueError):

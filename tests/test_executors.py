@@ -17,7 +17,7 @@ COLS = ["task_id", "status", "rmse__slope", "bias__intercept", "cover90__interce
 
 def _cfg(rdir, **kw):
     base = dict(result_path=rdir, n_replicates=40, data_grid={"n": [50, 100], "sigma": [1.0]},
-                fit_grid={"model": ["a", "b"]}, shard_size=20, chunk_size=5, retain="minimal")
+                fit_grid={"model": ["a", "b"]}, shard_size=20, tasks_per_segment=5, retain="minimal")
     base.update(kw)
     return make_config(**base)
 
@@ -70,11 +70,11 @@ def test_mock_time_limit_flushes_on_signal_then_requeues(tmp_path):
     # 2 shards of 36 tasks x 0.35 s = 12.6 s of work: more than one 12-second allocation (warning signal
     # at 10 s) each, with room for a slow worker start-up on a loaded machine
     kw = dict(n_replicates=36, data_grid={"n": [50, 100], "sigma": [1.0]}, fit_grid={"model": ["a"]}, shard_size=36,
-              chunk_size=1000, checkpoint_every=1000)
+              tasks_per_segment=1000)
     ref = run_simulation(_cfg(tmp_path / "ref", **kw), "inline", progress=False, emit=lambda s: None).summary
     cfg = _cfg(tmp_path / "r", fitter=MockFitter(delay=0.35), **kw)
     lines = []
-    res = run_simulation(cfg, "mock", workers=2, time_limit=12.0, signal_delay=2.0, max_attempts=8,
+    res = run_simulation(cfg, "mock", workers=2, time_limit_s=12.0, signal_delay_s=2.0, max_attempts=8,
                          progress=False, emit=lines.append)
     pd.testing.assert_frame_equal(res.summary[COLS], ref[COLS], check_exact=True)
     # the first attempt got the warning signal, flushed what it had finished, and was requeued

@@ -279,15 +279,15 @@ def test_cli_grow_remetric_adaptive_and_report_history(tmp_path):
 
 
 def test_runtime_settings_of_the_growing_run_apply_to_new_tasks(tmp_path):
-    """chunk_size and shard size are not the study: the run that grows it sizes its new segments and shards."""
+    """tasks_per_segment and shard size are not the study: the run that grows it sizes its new segments and shards."""
     from bayesim_hpc.storage import iter_segment_paths, read_rows
 
     rdir = tmp_path / "r"
-    run_simulation(config(rdir, chunk_size=100), **QUIET)
+    run_simulation(config(rdir, tasks_per_segment=100), **QUIET)
     before = set(iter_segment_paths(rdir))
-    run_simulation(config(rdir, chunk_size=2, n_replicates=8), shard_size=3, **QUIET)
+    run_simulation(config(rdir, tasks_per_segment=2, n_replicates=8), shard_size=3, **QUIET)
     raw = json.loads((rdir / "study.json").read_text())
-    assert raw["runtime"]["chunk_size"] == 2
+    assert raw["runtime"]["tasks_per_segment"] == 2
     new_shards = raw["shards"][raw["history"][-1]["shards"][0]:]
     assert new_shards and all(b - a <= 3 for a, b in new_shards)
     new_segments = [p for p in iter_segment_paths(rdir) if p not in before]

@@ -19,7 +19,7 @@ def test_seed_example_summary_columns():
     for col in ["task_id", "status", "rmse__slope", "bias__intercept", "bias__slope", "bias__sigma",
                 "cover90__intercept", "cover90__slope", "cover90__sigma", "cover90__slope__lo", "cover90__slope__hi",
                 "estimate__slope", "se__slope", "truth__slope",
-                "rhat_max", "ess_bulk", "ess_tail", "divergent", "max_treedepth", "timing_total", "rep_idx",
+                "rhat_max", "ess_bulk_min", "ess_tail_min", "n_divergent", "n_max_treedepth", "timing_total", "rep_idx",
                 "data_n", "data_sigma", "fit_model"]:
         assert col in s.columns, col
     assert s["task_id"].iloc[0] == "d001_f001_r00001"

@@ -17,23 +17,23 @@ PKG = Path(__file__).resolve().parents[1] / "bayesim_hpc"
 #: low to high. Lower layers never import higher ones.
 LAYERS: list[tuple[str, ...]] = [
     # plain data, pure functions, no I/O of their own
-    ("errors", "records", "seeding", "names", "retention", "diagnostics", "fingerprint", "relay", "sbc", "grid",
+    ("errors", "deprecation", "records", "seeding", "names", "retention", "diagnostics", "fingerprint", "relay", "sbc", "grid",
      "data", "history"),
     # the study definition, the fitters and metrics that run inside a task
     ("config", "fitters", "metrics", "locking"),
     # one task; durable storage of its record
     ("task", "storage"),
     # the result directory and the readers of what workers wrote
-    ("resultdir", "extend", "reduce", "aggregate", "compare", "manifest", "checkpoints", "planning"),
+    ("resultdir", "extend", "summary_file", "reduce", "aggregate", "compare", "manifest", "checkpoints", "planning"),
     # what runs on a compute node, and what reads the results
     ("worker", "results", "report", "report_plots", "export", "preflight", "recompute", "adaptive",
      "run_messages"),
     # where tasks run
     ("executors",),
     # progress as the segments and the scheduler tell it
-    ("status",),
+    ("status", "efficiency", "efficiency_study", "notify"),
     # the driver
-    ("runner",),
+    ("runner", "prepare"),
     # the front doors
     ("cli", "__init__", "__main__"),
 ]

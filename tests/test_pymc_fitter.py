@@ -63,7 +63,7 @@ def make_data(n, seed):
 
 
 def model_data(data, fit_spec):
-    """The pm.Data values of build_model, for PyMCFitter(data=...)."""
+    """The pm.Data values of build_model, for PyMCFitter(model_data=...)."""
     return {"x": data.column("x"), "y_obs": data.column("y")}
 
 
@@ -131,14 +131,14 @@ def test_settings_override_from_fit_spec():
 def test_diagnostic_warnings_text():
     f = PyMCFitter(build_model, chains=4)
     st = f.settings({})
-    diag = {"divergent": 12.0, "max_treedepth": 3.0, "rhat_max": 1.05, "ess_bulk": 80.0, "ess_tail": 500.0}
+    diag = {"n_divergent": 12.0, "n_max_treedepth": 3.0, "rhat_max": 1.05, "ess_bulk_min": 80.0, "ess_tail_min": 500.0}
     w = f._warnings(diag, st)
     assert "12 divergent transitions" in w
     assert "R-hat 1.0500 > 1.01" in w
     assert "ESS bulk 80 < 400" in w
     assert any("maximum tree depth" in m for m in w)
     assert not any(m.startswith("ESS tail") for m in w)
-    ok = {"divergent": 0.0, "max_treedepth": 0.0, "rhat_max": 1.001, "ess_bulk": 900.0, "ess_tail": 900.0}
+    ok = {"n_divergent": 0.0, "n_max_treedepth": 0.0, "rhat_max": 1.001, "ess_bulk_min": 900.0, "ess_tail_min": 900.0}
     assert f._warnings(ok, st) == []
 
 
@@ -151,16 +151,16 @@ def test_pickle_drops_caches():
     assert g.build_model is build_model
     h = pickle.loads(pickle.dumps(f))
     assert h.n_compiles == 0 and h.draws == 10
-    fd = PyMCFitter(build_model, draws=10, data=model_data)
+    fd = PyMCFitter(build_model, draws=10, model_data=model_data)
     fd._data_index["k"] = object()
     fd.n_builds = 2
     gd = cloudpickle.loads(cloudpickle.dumps(fd))
-    assert gd.data is model_data and len(gd._data_index) == 0 and gd.n_builds == 0
+    assert gd.model_data is model_data and len(gd._data_index) == 0 and gd.n_builds == 0
 
 
-def test_data_must_be_callable():
-    with pytest.raises(TypeError):
-        PyMCFitter(build_model, data={"x": [1.0]})
+def test_model_data_must_be_callable():
+    with pytest.raises(TypeError, match="model_data"):
+        PyMCFitter(build_model, model_data={"x": [1.0]})
 
 
 # --------------------------------------------------------------------------- nutpie
@@ -175,9 +175,9 @@ def test_draws_shapes_diagnostics_timing(fitter, data_a):
     assert (r.draws["sigma"] > 0).all()
     for col in DIAGNOSTIC_COLUMNS:
         assert col in r.diagnostics
-    assert r.diagnostics["divergent"] >= 0 and r.diagnostics["max_treedepth"] >= 0
+    assert r.diagnostics["n_divergent"] >= 0 and r.diagnostics["n_max_treedepth"] >= 0
     assert 1.0 - 0.05 < r.diagnostics["rhat_max"] < 1.1
-    assert r.diagnostics["ess_bulk"] > 50
+    assert r.diagnostics["ess_bulk_min"] > 50
     assert {"rhat.slope", "ess_bulk.slope", "ess_tail.slope"} <= set(r.diagnostics)
     assert {"build", "compile", "sampling", "diagnostics", "total"} <= set(r.timing)
     assert r.fit is not None and "posterior" in r.fit.groups()
@@ -270,7 +270,7 @@ def test_diagnostic_warnings_from_a_real_fit(fitter, data_a):
 @pytest.mark.slow
 def test_keep_fit_only_if_warned(data_a):
     f = PyMCFitter(
-        build_model, draws=200, tune=200, chains=2, keep_draws_only_if_warned=True,
+        build_model, draws=200, tune=200, chains=2, keep_fit_only_if_warned=True,
         predict=predict_mean,
     )
     r = f.fit(data_a, SPEC, seed=11, task_ctx=None)
@@ -364,7 +364,7 @@ def test_compile_dir_applied_before_pymc_import_on_unpickle(tmp_path):
 
 @pytest.fixture(scope="module")
 def data_fitter():
-    return PyMCFitter(build_model, draws=200, tune=200, chains=2, data=model_data)
+    return PyMCFitter(build_model, draws=200, tune=200, chains=2, model_data=model_data)
 
 
 @pytest.mark.slow
@@ -401,7 +401,7 @@ def test_data_callable_contract_is_checked_when_building(data_a):
 
     for fn, err, text in ((missing, ValueError, "missing ['y_obs']"), (wrong, ValueError, "differs"),
                           (not_a_dict, TypeError, "must return a dict")):
-        f = PyMCFitter(build_model, draws=20, tune=20, chains=1, data=fn)
+        f = PyMCFitter(build_model, draws=20, tune=20, chains=1, model_data=fn)
         with pytest.raises(err, match=re.escape(text)):
             f.fit(data_a, SPEC, seed=1, task_ctx=None)
         assert f.n_compiles == 0
@@ -426,7 +426,7 @@ def test_data_callable_sampler_failure_is_raised_not_recompiled(data_fitter, dat
 
 @pytest.mark.slow
 def test_data_callable_literal_shape_compiles_per_shape(data_a, data_b, caplog):
-    f = PyMCFitter(build_fixed_n, draws=200, tune=200, chains=2, data=model_data)
+    f = PyMCFitter(build_fixed_n, draws=200, tune=200, chains=2, model_data=model_data)
     ra = f.fit(data_a, SPEC, seed=41, task_ctx=None)
     assert f.n_compiles == 1 and ra.draws["slope"].shape == (2, 200)
     # n=70: the literal shape is a constant of the graph, so the structure key sees it and

@@ -167,7 +167,7 @@ def test_data_derived_scalar_between_replicates_of_one_cell(caplog, tmp_path):
     alone = PyMCFitter(scaled_prior.build_model, **kw).fit(ds[1], {}, 7, _ctx(1))
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         plain = PyMCFitter(scaled_prior.build_model, model_cache=tmp_path / "models", **kw)
-        with_data = PyMCFitter(scaled_prior.build_model, data=scaled_prior.model_data, **kw)
+        with_data = PyMCFitter(scaled_prior.build_model, model_data=scaled_prior.model_data, **kw)
         for f in (plain, with_data):
             first = f.fit(ds[0], {}, 7, _ctx(0))
             second = f.fit(ds[1], {}, 7, _ctx(1))

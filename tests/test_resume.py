@@ -38,8 +38,8 @@ def test_changed_study_is_refused_naming_the_change(rdir, change, named):
 
 
 def test_runtime_settings_may_change(rdir):
-    run_simulation(make_config(result_path=rdir, chunk_size=5), **QUIET)
-    run_simulation(make_config(result_path=rdir, chunk_size=50, checkpoint_every=7), **QUIET)
+    run_simulation(make_config(result_path=rdir, tasks_per_segment=5), **QUIET)
+    run_simulation(make_config(result_path=rdir, tasks_per_segment=7), **QUIET)
 
 
 def test_force_moves_old_results_aside(rdir):
@@ -58,7 +58,7 @@ def test_resume_modes(rdir):
 
 
 def test_resume_reruns_only_missing_and_failed(rdir):
-    cfg = make_config(result_path=rdir, n_replicates=30, shard_size=10, chunk_size=5,
+    cfg = make_config(result_path=rdir, n_replicates=30, shard_size=10, tasks_per_segment=5,
                       fitter=MockFitter(fail_tasks=("d001_f001_r00004",)))
     full = run_simulation(cfg, **QUIET).summary
     segs = sorted(iter_segment_paths(rdir))
@@ -74,7 +74,7 @@ def test_resume_reruns_only_missing_and_failed(rdir):
 
 
 def test_checkpoints_listed_and_superseded_ones_cleaned(rdir):
-    cfg = make_config(result_path=rdir, n_replicates=20, shard_size=10, chunk_size=5)
+    cfg = make_config(result_path=rdir, n_replicates=20, shard_size=10, tasks_per_segment=5)
     run_simulation(cfg, **QUIET)
     ids = list_checkpoints(rdir)
     assert len(ids) == 4 and all(i.startswith("shards/") for i in ids)
@@ -105,7 +105,7 @@ def test_checkpoints_listed_and_superseded_ones_cleaned(rdir):
 
 
 def test_lost_manifest_is_rebuilt_from_the_segments(rdir):
-    cfg = make_config(result_path=rdir, n_replicates=30, shard_size=10, chunk_size=5)
+    cfg = make_config(result_path=rdir, n_replicates=30, shard_size=10, tasks_per_segment=5)
     full = run_simulation(cfg, **QUIET).summary
     sorted(iter_segment_paths(rdir))[0].unlink()  # five tasks missing
     (rdir / "manifest.json").unlink()             # and the driver's notebook gone

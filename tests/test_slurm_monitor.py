@@ -86,7 +86,7 @@ class FakeCluster:
 def monitor(cluster, elems, waiting=(), **settings):
     ctx = FakeCtx()
     s = MonitorSettings(**{"max_attempts": 3, "poll_min_interval": 0.0, "settle_s": 30.0, "tick": 1.0,
-                           "escalation": Escalation(mem_factor=2, mem_max_gb=4, time_factor=2, time_max=40),
+                           "escalation": Escalation(mem_factor=2, mem_max_gb=4, time_factor=2, time_max_min=40),
                            **settings})
     mon = Monitor(ctx, "n", elems, s, folder=Path("/nonexistent/%j"), waiting=list(waiting), query=cluster.query,
                   cancel=cluster.cancelled.extend, submit=cluster.submit, plan=cluster.plan,

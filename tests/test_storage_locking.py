@@ -58,7 +58,7 @@ def test_damaged_segment_is_detected(tmp_path, damage):
 
 
 def test_damaged_shard_is_reported_and_rerun(rdir):
-    cfg = make_config(result_path=rdir, n_replicates=40, shard_size=10, chunk_size=5)
+    cfg = make_config(result_path=rdir, n_replicates=40, shard_size=10, tasks_per_segment=5)
     first = run_simulation(cfg, **QUIET).summary
     seg = sorted(iter_segment_paths(rdir))[3]
     seg.write_bytes(seg.read_bytes()[:300])

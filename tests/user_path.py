@@ -43,7 +43,7 @@ config = simulation_config(
     data_generator=generate,
     fitter=MockFitter(draws=100, delay={delay}, fail_tasks=("d002_f001_r00001",)),
     metrics=[rmse_metric(), bias_metric(), coverage_metric(0.9)],
-    n_replicates={n_rep}, seed=7, retain="minimal", chunk_size=5, shard_size={shard_size},
+    n_replicates={n_rep}, seed=7, retain="minimal", tasks_per_segment=5, shard_size={shard_size},
 )
 '''
 

@@ -96,7 +96,6 @@ class RunContext:
     run_id: str
     max_attempts: int = 3
     failed_before: int = 0
-    shard_sizes: dict[int, int] = field(default_factory=dict)
 
     def next_attempt(self, shard_id: int) -> int:
         entry = self.manifest.read().get("shards", {}).get(str(shard_id), {})

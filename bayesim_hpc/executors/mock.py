@@ -6,8 +6,10 @@ environment (``SLURM_JOB_ID``, ``SLURM_ARRAY_JOB_ID``, ``SLURM_ARRAY_TASK_ID``,
 ``SLURM_RESTART_COUNT``), at most ``workers`` at a time (the ``%N`` throttle). Job states
 use Slurm's names, and faults can be injected per shard on its first attempt:
 
-* ``time_limit`` (s): SIGUSR2 ``signal_delay`` seconds before the limit (like
-  ``--signal=B:USR2@N``), SIGTERM at the limit, SIGKILL ``kill_wait`` later -> TIMEOUT;
+* ``time_limit_s`` (seconds; a real Slurm element's ``time_min`` is minutes): SIGUSR2
+  ``signal_delay_s`` seconds before the limit (like ``--signal=B:USR2@N``), SIGTERM at the
+  limit, SIGKILL ``kill_wait`` later -> TIMEOUT (``time_limit`` and ``signal_delay`` are
+  their old names and warn);
 * ``preempt={shard: seconds}``: SIGTERM after that long -> PREEMPTED;
 * ``node_fail={shard: seconds}``: SIGKILL -> NODE_FAIL;
 * ``cancel={shard: seconds}``: SIGTERM then SIGKILL -> CANCELLED, never requeued.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import signal
 import time
 
+from ..deprecation import renamed_kwargs
 from .base import RunContext
 from .local import LocalExecutor, _Slot
 from .slurm_query import split_array
@@ -36,13 +39,19 @@ class MockSlurmExecutor(LocalExecutor):
     persistent = False  # each array element is its own process
 
     def __init__(self, workers: int | None = None, max_attempts: int = 3, *, max_array_size: int = 1001,
-                 time_limit: float | None = None, signal_delay: float = 2.0, kill_wait: float = 5.0,
+                 time_limit_s: float | None = None, signal_delay_s: float = 2.0, kill_wait: float = 5.0,
                  preempt: dict[int, float] | None = None, node_fail: dict[int, float] | None = None,
-                 cancel: dict[int, float] | None = None, requeue: bool = True, poll: float = 0.05):
+                 cancel: dict[int, float] | None = None, requeue: bool = True, poll: float = 0.05, **old: float):
         super().__init__(workers=workers, max_attempts=max_attempts, kill_wait=kill_wait, poll=poll)
+        old = renamed_kwargs(old, {"time_limit": "time_limit_s", "signal_delay": "signal_delay_s"},
+                             where="MockSlurmExecutor (seconds)")
+        if set(old) - {"time_limit_s", "signal_delay_s"}:
+            raise TypeError(f"MockSlurmExecutor got unexpected keyword argument(s) {sorted(old)}")
+        time_limit_s = old.get("time_limit_s", time_limit_s)
+        signal_delay_s = old.get("signal_delay_s", signal_delay_s)
         self.max_array_size = int(max_array_size)
-        self.time_limit = time_limit
-        self.signal_delay = signal_delay
+        self.time_limit_s = time_limit_s
+        self.signal_delay_s = signal_delay_s
         self.faults = {"preempt": dict(preempt or {}), "node_fail": dict(node_fail or {}), "cancel": dict(cancel or {})}
         self.requeue = requeue
         self._array_of: dict[int, tuple[str, int]] = {}
@@ -87,11 +96,11 @@ class MockSlurmExecutor(LocalExecutor):
                     if kind == "cancel":
                         slot.requeue = False
                         slot.kill_at = now + self.kill_wait
-        if self.time_limit is not None:
-            if age >= self.time_limit - self.signal_delay and not slot.faults.get("usr2"):
+        if self.time_limit_s is not None:
+            if age >= self.time_limit_s - self.signal_delay_s and not slot.faults.get("usr2"):
                 slot.faults["usr2"] = True  # like --signal=B:USR2@N: flush and stop before the limit
                 self._signal(slot, signal.SIGUSR2, "TIMEOUT")
-            if age >= self.time_limit and not slot.faults.get("term"):
+            if age >= self.time_limit_s and not slot.faults.get("term"):
                 slot.faults["term"] = True
                 self._signal(slot, signal.SIGTERM, "TIMEOUT")
                 slot.kill_at = now + self.kill_wait

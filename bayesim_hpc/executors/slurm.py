@@ -17,14 +17,13 @@ How a run goes (each step lives in its own module):
    escalation, the waves still waiting. What runs inside each element is ``slurm_job``.
 
 Example:
-    >>> run_simulation(config, executor="slurm", workers=64, profile="example-cluster")   # doctest: +SKIP
-    >>> run_simulation(config, executor="slurm", time=30, mem=4, detach=True)            # doctest: +SKIP
+    >>> run_simulation(config, executor="slurm", max_running=64, profile="example-cluster")   # doctest: +SKIP
+    >>> run_simulation(config, executor="slurm", time_min=30, mem=4, detach=True)            # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import getpass
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -33,15 +32,21 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import planning
-from ..manifest import Manifest, scan_progress, set_shard
+from ..deprecation import renamed
+from ..manifest import Manifest, scan_progress
+from ..records import TaskState
 from ..resultdir import ResultDir
 from . import slurm_clusters, slurm_limits, slurm_nodes, slurm_retry
 from . import slurm_query as sq
 from .base import RunContext, RunOutcome
+from .slurm_container import Container, Parity, check_environment, require_parity, study_paths
+from .slurm_dry_run import _DryRun
 from .slurm_job import MAX_SELF_REQUEUES, read_done_record, run_element
+from .slurm_partitions import Placement
+from .slurm_study_jobs import _StudyJobs
 from .slurm_profile import TEMPLATES_DIR, Escalation, ResourceRules, Resources, load_profile, mem_mb, minutes
-from .slurm_submit import LIVE, Elem, Pack, Submitter, adopt, element_shards, job_name
-from .slurm_watch import Monitor, MonitorSettings, reason_of
+from .slurm_submit import Elem, Pack, Submitter, adopt, job_name
+from .slurm_watch import Monitor, MonitorSettings
 
 __all__ = ["SlurmExecutor", "job_name", "load_profile", "MAX_SELF_REQUEUES", "TEMPLATES_DIR"]
 
@@ -59,17 +64,19 @@ def _flags(additional: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class SlurmExecutor:
+class SlurmExecutor(_DryRun, _StudyJobs):
     """Shards as Slurm array elements via submitit; see the module docstring.
 
     Args:
-        workers: the array throttle ``%N`` (elements of one array running at once; default 32).
+        max_running: the array throttle ``%N`` (elements of one array running at once; default
+            32). ``workers`` is its old name (it warns).
         max_attempts: submissions of a shard per run (first + resubmissions after failures).
         profile: a YAML file name in ``slurm_templates/`` (or a path); the arguments below win.
-        partition, account, qos: as in sbatch. time: minutes per element (or "H:MM:SS").
+        partition, account, qos: as in sbatch. time_min: minutes per element (or "H:MM:SS"; ``time``
+            is its old name and warns).
         mem: per element; a number is GB, a string like "500M"/"4G". cpus_per_task: default 1.
         setup: extra shell lines run before the job (after the profile's).
-        resources: ``f(data_spec, fit_spec) -> {"mem_gb": .., "time": .., "cpus_per_task": ..}``
+        resources: ``f(data_spec, fit_spec) -> {"mem_gb": .., "time_min": .., "cpus_per_task": ..}``
             per cell (besides the profile's ``rules``).
         plan: ``"time"`` (pack shards by cost, the default) or ``"shards"`` (one shard per element).
         target_element_min: minutes of work per element (default 25; at most half the time limit). task_seconds: a hint, seconds per task (number or ``{fit value: seconds}``).
@@ -99,11 +106,23 @@ class SlurmExecutor:
                  resources: Callable[[dict, dict], dict | None] | None = None, plan: str = "time",
                  target_element_min: float | None = None, task_seconds: Any = None, startup_s: float | None = None,
                  pilot_tasks: int | None = None, escalate: dict[str, Any] | None = None,
+                 max_running: int | None = None, time_min: int | str | None = None,
                  clusters: str | list[str] | None = None, retry: dict[str, Any] | None = None,
                  bad_nodes: dict[str, Any] | bool | None = None):
-        self.parallelism = int(workers or 32)
+        if time is not None:
+            renamed("time", "time_min", where="SlurmExecutor (minutes per array element)")
+            if time_min is not None and time_min != time:
+                raise ValueError(f"pass only time_min, got time_min={time_min!r} and time={time!r}")
+            time_min = time
+        if workers is not None:
+            renamed("workers", "max_running", where="SlurmExecutor (the array throttle; --max-running on the "
+                    "command line)")
+            if max_running is not None and max_running != workers:
+                raise ValueError(f"pass only max_running, got max_running={max_running} and workers={workers}")
+            max_running = workers
+        self.parallelism = int(max_running or 32)
         if self.parallelism < 1:
-            raise ValueError("workers must be >= 1")
+            raise ValueError("max_running must be >= 1")
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         if plan not in ("time", "shards"):
@@ -115,10 +134,10 @@ class SlurmExecutor:
         where = f"profile {profile}" if profile is not None else "profile"
         # where each request comes from, for --dry-run: the option, the profile, or our default
         self.sources = {key: "option" if arg is not None else where if any(k in prof for k in keys) else "default"
-                        for key, arg, keys in (("time", time, ("time",)), ("mem", mem, ("mem", "mem_gb")),
+                        for key, arg, keys in (("time", time_min, ("time_min",)), ("mem", mem, ("mem", "mem_gb")),
                                                ("cpus", cpus_per_task, ("cpus_per_task",)))}
         mem_given = mem if mem is not None else prof.get("mem", prof.get("mem_gb"))
-        self.base = Resources(time_min=minutes(pick(time, "time", 60)),
+        self.base = Resources(time_min=minutes(pick(time_min, "time_min", 60)),
                               # without a request, many clusters give a job a small DefMemPerCPU: ask for
                               # what a PyMC worker needs (~0.6 GB resident) with room to spare
                               mem_mb=mem_mb(mem_given if mem_given is not None else DEFAULT_MEM_GB),
@@ -126,12 +145,19 @@ class SlurmExecutor:
                               partition=pick(partition, "partition"), account=pick(account, "account"),
                               qos=pick(qos, "qos"))
         self.rules = ResourceRules(self.base, prof.get("rules"), resources)
+        # partition choice per resource class (slurm_partitions); profile key partitions: candidates
+        self.placement = Placement(prof.get("partitions"), self.base.account, self.base.qos)
         self.escalation = Escalation.from_profile({**(prof.get("escalate") or {}), **(escalate or {})})
         self.time_min = self.base.time_min
         self.setup = list(prof.get("setup") or []) + list(setup or [])
         self.additional = {"requeue": True, **(prof.get("additional") or {}), **(additional or {})}
         self.compile_dir = pick(compile_dir, "compile_dir")
         self.python = prof.get("python")
+        # workers in a container (slurm_container) and the check of their versions before submitting
+        self.container = Container.from_profile(prof.get("container"), where)
+        self.check_env = bool(prof.get("check_environment", True))
+        self._parity: Parity | None = None
+        self._study_file: str | None = None
         self.signal_delay_s = pick(signal_delay_s, "signal_delay_s")
         self.plan = plan
         self.target_element_min = float(pick(target_element_min, "target_element_min", 25.0))
@@ -183,8 +209,11 @@ class SlurmExecutor:
             "signal_delay_s": self.signal_delay(res), "array_parallelism": min(self.parallelism, max(1, n)),
             "setup": setup, "additional_parameters": _flags(self.additional),
         }
-        for key, value in (("partition", res.partition), ("account", res.account), ("qos", res.qos),
-                           ("mem", res.mem), ("exclude", exclude)):
+        if self.container is not None and self.container.srun_args():
+            params["srun_args"] = self.container.srun_args()
+        partition = self.placement.choose(res).partition  # the profile's, or the smallest that holds res
+        for key, value in (("partition", partition), ("account", res.account), ("qos", res.qos), ("mem", res.mem),
+                           ("exclude", exclude)):
             if value is not None:
                 params[key] = value
         return params
@@ -196,8 +225,24 @@ class SlurmExecutor:
         if self.submitter is None or self.submitter.folder != self._folder(rd):
             manifest = Manifest(rd)
             self.submitter = Submitter(self._folder(rd), lambda res, n: self.sbatch_parameters(
-                name, n, res, exclude=slurm_nodes.exclude_option(manifest.read())), self.python, self.max_attempts)
+                name, n, res, exclude=slurm_nodes.exclude_option(manifest.read())), self.worker_python(rd),
+                self.max_attempts)
+            if self.container is not None:
+                self.submitter.paths_filter = study_paths
         return self.submitter
+
+    def worker_python(self, rd: ResultDir) -> str | None:
+        """The element's interpreter command: the container's wrapper, the profile's python, or None
+        (submitit's default: this very interpreter)."""
+        if self.container is not None:
+            return self.container.python_command(rd.path.resolve(), self._study_file)
+        return self.python
+
+    def environment(self, rd: ResultDir) -> Parity:
+        """The workers' versions against the driver's, checked once per executor (slurm_container)."""
+        if self._parity is None:
+            self._parity = check_environment(self.worker_python(rd), enabled=self.check_env, container=self.container)
+        return self._parity
 
     def render_script(self, rd: ResultDir, name: str, n: int, res: Resources | None = None) -> str:
         """The exact sbatch script submitit writes for an array of ``n`` elements."""
@@ -305,7 +350,7 @@ class SlurmExecutor:
         return [Pack(e.shards, e.resources, round(e.predicted_s, 1)) for e in plan]
 
     def slots(self) -> int:
-        cpus = slurm_limits.cluster_slots(self.base.partition)
+        cpus = slurm_limits.cluster_slots(self.placement.choose(self.base).partition)
         slots = self.parallelism if cpus is None else min(self.parallelism, max(1, cpus // self.base.cpus_per_task))
         return slots
 
@@ -328,6 +373,7 @@ class SlurmExecutor:
 
     def _run(self, ctx: RunContext) -> RunOutcome:
         rd = ctx.rd
+        self._study_file = getattr(ctx.study, "study_file", None)
         name = job_name(rd)
         attempts = self._attempts(ctx)
         if self.dry_run:
@@ -337,6 +383,13 @@ class SlurmExecutor:
         adopted = adopt(ctx, name, folder, set(ctx.shard_ids))
         taken = {s for e in adopted for s in e.open}
         todo = [s for s in ctx.shard_ids if s not in taken]
+        # a request no partition holds is refused before anything is submitted (and escalation is capped)
+        self.check_partitions(ctx, todo)
+        if todo:
+            parity = self.environment(rd)
+            if parity.checked or self.container is not None:
+                ctx.emit(parity.line)
+            require_parity(parity, self.worker_python(rd))  # other versions in the workers: refused too
         limits = slurm_limits.read_limits(account=self.base.account, qos=self.base.qos) if todo else None
         mas = (limits.max_array_size if limits else None) or sq.max_array_size()
         slots = self.slots()
@@ -406,6 +459,21 @@ class SlurmExecutor:
             return RunOutcome(detached=True)
         return mon.loop()
 
+    def check_partitions(self, ctx: RunContext, shards: list[int]) -> list[tuple[Resources, Any]]:
+        """The partition choice of every resource class of ``shards`` (raises ``PartitionError``), and
+        the OUT_OF_MEMORY/TIMEOUT escalation capped at the largest usable partition."""
+        res_of = self.shard_resources(ctx)
+        classes = list(dict.fromkeys([self.base] + [res_of(s) for s in shards]))
+        out = [(res, self.placement.choose(res)) for res in classes]
+        top_time, top_mem = self.placement.limits()
+        esc = self.escalation
+        if top_time is not None and top_time < esc.time_max_min:
+            esc = replace(esc, time_max_min=top_time)
+        if top_mem is not None and top_mem / 1024 < esc.mem_max_gb:
+            esc = replace(esc, mem_max_gb=top_mem / 1024)
+        self.escalation = esc
+        return out
+
     def _seen_attempt(self, ctx: RunContext, sid: int) -> int:
         entry = ctx.manifest.read().get("shards", {}).get(str(sid), {})
         return max(int(entry.get("attempts", 0) or 0), int(ctx.shard_progress(sid).get("attempt", 0) or 0))
@@ -414,7 +482,7 @@ class SlurmExecutor:
         idx = ctx.study.space.shard_indices(ctx.rd.read_frozen().shards[sid])
         prog = scan_progress(ctx.rd, ctx.study.n_tasks, sid)
         st = prog.state[idx]
-        return int(np.count_nonzero(st == 0))
+        return int(np.count_nonzero(st == TaskState.MISSING))
 
     def _record_failed(self, ctx: RunContext, sid: int, cause: str, why: str) -> bool:
         """Record the first missing task of a shard (the one its element was running) as failed."""
@@ -424,7 +492,7 @@ class SlurmExecutor:
         space = ctx.study.space
         idx = space.shard_indices(ctx.rd.read_frozen().shards[sid])
         state = scan_progress(ctx.rd, ctx.study.n_tasks, sid).state[idx]
-        gone = np.flatnonzero(state == 0)
+        gone = np.flatnonzero(state == TaskState.MISSING)
         if not gone.size:
             return False
         task = int(idx[gone[0]])
@@ -435,162 +503,3 @@ class SlurmExecutor:
         write_segment(ctx.rd.path, sid, attempt, 90000, [rec], draws_dtype=ctx.study.draws_dtype,
                       compression=ctx.study.compression)
         return True
-
-    def _dry_run(self, ctx: RunContext, name: str, attempts: dict[int, int]) -> RunOutcome:
-        try:
-            mas = sq.max_array_size()
-            known = f"MaxArraySize {mas}"
-        except sq.SlurmCommandError:
-            mas, known = 1001, "MaxArraySize unknown (scontrol not reachable), assumed 1001"
-        try:
-            slots = self.slots()
-            limits = slurm_limits.read_limits(account=self.base.account, qos=self.base.qos)
-        except sq.SlurmCommandError:
-            slots, limits = self.parallelism, None
-        model = self.figures(ctx, attempts, write=False) if self.plan == "time" else None
-        packs = self.make_plan(ctx, list(ctx.shard_ids), model, None, slots)
-        frozen = ctx.rd.read_frozen().shards
-        space = ctx.study.space
-        if model is not None:
-            pe = [planning.PlannedElement(p.shards, sum(frozen[s].n_tasks for s in p.shards), p.predicted_s or 0,
-                                          p.resources) for p in packs]
-            specs = lambda k: f"{ctx.study.data_spec(int(space.cells[k, 0]))} {ctx.study.fit_spec(int(space.cells[k, 1]))}"  # noqa: E501,E731
-            for line in planning.describe_plan(space, model, pe, slots=slots,
-                                               target_s=min(self.target_s(p.resources) for p in packs),
-                                               label=lambda r: r.label(), specs=specs):
-                ctx.emit(line)
-        if limits is not None:
-            ctx.emit(f"scheduler limits: {limits.describe()}")
-        if self.clusters:
-            ctx.emit(f"clusters: every Slurm call carries --clusters={self.clusters} (profile key clusters)")
-        bad = slurm_nodes.excluded(ctx.manifest.read())
-        if bad:
-            ctx.emit(f"excluded nodes (--exclude={','.join(sorted(bad))}; `bayesim-hpc nodes {ctx.rd.path} --clear` "
-                     "takes them off):")
-            for node, info in sorted(bad.items()):
-                ctx.emit(f"  {node}: {info.get('why', '')}")
-        ctx.emit(f"transient scheduler errors: up to {self.retry.attempts} calls within {self.retry.max_wait_s:.0f} s "
-                 "(profile key retry); sbatch also gets --comment=bayesim:<token> to find a submission after an "
-                 "ambiguous failure")
-        classes: dict[Any, list[Pack]] = {}
-        for p in packs:
-            classes.setdefault(p.resources, []).append(p)
-        n_arrays = sum(len(sq.split_array(list(range(len(g))), mas)) for g in classes.values())
-        src = self.sources
-        ctx.emit(f"requests per element: time {self.base.time_min} min ({src['time']}), memory "
-                 f"{self.base.mem} ({src['mem']}), {self.base.cpus_per_task} cpu(s) ({src['cpus']}); per-cell rules "
-                 f"and escalation may raise them")
-        ctx.emit(f"slurm dry run: {len(ctx.shard_ids)} shard(s) in {len(packs)} element(s), {len(classes)} resource "
-                 f"class(es), {n_arrays} array(s) ({known}, throttle %{self.parallelism}), job name {name}; "
-                 "nothing is submitted")
-        k = 0
-        for res, group in classes.items():
-            for batch in sq.split_array(list(range(len(group))), mas):
-                k += 1
-                n = len(batch)
-                spec = f"--array=0-{n - 1}%{min(self.parallelism, n)}" if n > 1 else "(a single job, no array)"
-                n_tasks = sum(frozen[s].n_tasks for i in batch for s in group[i].shards)
-                ctx.emit(f"array {k} [{res.label()}]: {spec} ({n} element(s), {n_tasks} task(s)); index i runs:")
-                for j, i in enumerate(batch):
-                    p = group[i]
-                    pred = f", predicted {p.predicted_s:.0f} s" if p.predicted_s is not None else ""
-                    shards = ", ".join(f"{s} ({self._task_range(ctx, frozen[s])}, attempt {attempts[s]})"
-                                       for s in p.shards[:4]) + (f", ... {len(p.shards) - 4} more" if len(p.shards) > 4 else "")
-                    ctx.emit(f"  [{j}] shard(s) {shards}{pred}")
-                    first = p.shards[0]
-                    ctx.emit(f"      to debug it here once the study is frozen: {sys.executable} -m bayesim_hpc.worker "
-                             f"{ctx.rd.path} {first} "
-                             f"--attempt {attempts[first]}" + (" (and the same for its other shards)"
-                                                               if len(p.shards) > 1 else ""))
-                ctx.emit(f"--- sbatch script of array {k} (submitit) ---")
-                for line in self.render_script(ctx.rd, name, n, res).splitlines():
-                    ctx.emit(line)
-                ctx.emit("--- end ---")
-        return RunOutcome(detached=True, dry_run=True)
-
-    @staticmethod
-    def _task_range(ctx: RunContext, shard: Any) -> str:
-        """A shard's tasks by id: ``d001_f001_r00001 .. d001_f001_r00010 (10 tasks)``."""
-        idx = ctx.study.space.shard_indices(shard)
-        space = ctx.study.space
-        return f"{space.task_id(int(idx[0]))} .. {space.task_id(int(idx[-1]))}, {len(idx)} tasks"
-
-    # ----------------------------------------------------------------------------- status / cancel
-    @staticmethod
-    def recorded_clusters(manifest: dict) -> str | None:
-        """The clusters the study's jobs were submitted to (submission records), or None."""
-        names = [c for s in manifest.get("submissions", []) for c in str(s.get("clusters") or "").split(",") if c]
-        return ",".join(dict.fromkeys(names)) or None
-
-    def live_states(self, rd: ResultDir | str | Path) -> dict[int, dict]:
-        """shard -> {"state", "reason", "job_id"} of each shard's latest element, in one scheduler query."""
-        rd = rd if isinstance(rd, ResultDir) else ResultDir(rd)
-        m = Manifest(rd).read()
-        subs = [s for s in m.get("submissions", []) if s.get("executor") == "slurm" and s.get("job_id")]
-        if not subs:
-            return {}
-        # status must answer soon even when the controller does not (it then reports the manifest's states)
-        with slurm_clusters.using(self.clusters or self.recorded_clusters(m)), \
-                slurm_retry.retry_policy(slurm_retry.QUICK):
-            states = sq.query_jobs(job_name(rd), job_ids=sorted({str(s["job_id"]) for s in subs}, key=int))
-        by_id = {s.job_id: s for s in states}
-        out: dict[int, dict] = {}
-        for sub in sorted(subs, key=lambda s: int(s["job_id"])):
-            packs = element_shards(sub)
-            n = len(packs)
-            for i, shards in enumerate(packs):
-                eid = f"{sub['job_id']}_{i}" if n > 1 else str(sub["job_id"])
-                st = by_id.get(eid) or by_id.get(f"{sub['job_id']}_{i}")
-                if st is not None:
-                    for shard in shards:
-                        out[int(shard)] = {"state": st.state, "reason": reason_of(st), "job_id": eid}
-        return out
-
-    def element_times(self, rd: ResultDir | str | Path) -> list[dict]:
-        """Predicted vs measured seconds of each submitted element (from the done records)."""
-        rd = rd if isinstance(rd, ResultDir) else ResultDir(rd)
-        out = []
-        for sub in Manifest(rd).read().get("submissions", []):
-            if sub.get("executor") != "slurm" or not sub.get("job_id"):
-                continue
-            elements = sub.get("elements") or []
-            preds = sub.get("predicted_s") or [None] * len(elements)
-            for eid, shards, pred in zip(elements, element_shards(sub), preds):
-                rec = read_done_record(rd.path.resolve(), eid)
-                took = (rec["ended"] - rec["started"]) if rec and rec.get("ended") and rec.get("started") else None
-                out.append({"job_id": eid, "shards": shards, "resources": sub.get("resources"),
-                            "predicted_s": pred, "measured_s": took})
-        return out
-
-    def cancel(self, rd: ResultDir | str | Path) -> list[str]:
-        """Cancel every job of the study (recorded or not); returns the job ids scancel was given."""
-        rd = rd if isinstance(rd, ResultDir) else ResultDir(rd)
-        name = job_name(rd)
-        m = Manifest(rd).read()
-        ids = {str(s["job_id"]) for s in m.get("submissions", []) if s.get("executor") == "slurm" and s.get("job_id")}
-        with slurm_clusters.using(self.clusters or self.recorded_clusters(m)):
-            try:
-                live = [s for s in sq.query_jobs(name, use_sacct=False) if s.state in LIVE]
-            except sq.SlurmCommandError:
-                live = []
-            ids |= {s.array_job_id or s.job_id for s in live}
-            if not ids:
-                return []
-            ordered = sorted(ids, key=int)
-            sq.cancel_jobs(ordered)
-        shards = self._shards_of(rd, live)
-        if shards:
-            Manifest(rd).update(lambda d: [set_shard(d, s, state="CANCELLED", reason="cancelled by bayesim-hpc cancel")
-                                           for s in shards])
-        return ordered
-
-    def _shards_of(self, rd: ResultDir, states: list[sq.JobState]) -> list[int]:
-        subs = {str(s["job_id"]): s for s in Manifest(rd).read().get("submissions", []) if s.get("job_id")}
-        out = []
-        for st in states:
-            sub = subs.get(st.array_job_id or st.job_id)
-            idx = st.array_task_id or 0
-            if sub and idx < len(element_shards(sub)):
-                out += element_shards(sub)[idx]
-        return out
-

@@ -8,7 +8,7 @@ with the same resources are submitted together as one array.
 
 Per-cell resources come from ``rules`` in the profile (the first rule whose ``match`` fits a
 cell's data/fit spec) or from a ``resources`` function given to the executor
-(``resources(data_spec, fit_spec) -> {"mem_gb": 8, "time": 120}``); a shard asks for the most
+(``resources(data_spec, fit_spec) -> {"mem_gb": 8, "time_min": 120}``); a shard asks for the most
 any of its cells needs.
 
 Example:
@@ -26,14 +26,34 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ..deprecation import renamed
+
 __all__ = ["Escalation", "Resources", "ResourceRules", "TEMPLATES_DIR", "load_profile", "mem_mb", "minutes"]
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "slurm_templates"
-PROFILE_KEYS = {"partition", "account", "qos", "time", "mem_gb", "mem", "cpus_per_task", "setup", "additional",
+PROFILE_KEYS = {"partition", "account", "qos", "time_min", "mem_gb", "mem", "cpus_per_task", "setup", "additional",
                 "signal_delay_s", "python", "compile_dir", "rules", "escalate", "target_element_min",
-                "startup_s", "task_seconds", "pilot_tasks", "retry", "clusters", "bad_nodes"}
-_ESCALATE_KEYS = {"mem_factor", "mem_max_gb", "time_factor", "time_max", "max_escalations"}
-_RULE_KEYS = {"match", "time", "mem_gb", "mem", "cpus_per_task", "partition", "qos"}
+                "startup_s", "task_seconds", "pilot_tasks"}
+_ESCALATE_KEYS = {"mem_factor", "mem_max_gb", "time_factor", "time_max_min", "max_escalations"}
+_RULE_KEYS = {"match", "time_min", "mem_gb", "mem", "cpus_per_task", "partition", "qos"}
+#: keys renamed in 0.3 (units in the name): they still work for one release, with a warning
+OLD_KEYS = {"time": "time_min", "time_max": "time_max_min"}
+
+
+def new_keys(d: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``d`` with old keys (``time``, ``time_max``) renamed, warning once for each."""
+    out = dict(d)
+    for old, new in OLD_KEYS.items():
+        if old in out:
+            renamed(old, new, where=where, stacklevel=4)
+            value = out.pop(old)
+            out.setdefault(new, value)
+    return out
+
+
+PROFILE_KEYS |= {"partitions"}  # candidates of the partition choice (slurm_partitions)
+PROFILE_KEYS |= {"container", "check_environment"}  # workers in a container, version parity (slurm_container)
+PROFILE_KEYS |= {"retry", "clusters", "bad_nodes"}  # slurm_retry, slurm_clusters, slurm_nodes
 
 
 def _find_profile(profile: str) -> Path:
@@ -55,10 +75,11 @@ def _find_profile(profile: str) -> Path:
 def load_profile(profile: str | os.PathLike | None) -> dict[str, Any]:
     """Read a cluster profile (YAML) and check its keys. ``None`` -> ``{}``.
 
-    Keys: partition, account, qos, time (minutes), mem_gb (or mem), cpus_per_task, setup
+    Keys: partition, account, qos, time_min (minutes; "H:MM:SS" too), mem_gb (or mem), cpus_per_task, setup
     (shell lines), additional (extra sbatch options), signal_delay_s, python, compile_dir,
     rules (per-cell resources), escalate (OOM/TIMEOUT factors and caps), target_element_min,
-    startup_s, task_seconds, pilot_tasks (planning), retry (transient scheduler errors:
+    startup_s, task_seconds, pilot_tasks (planning), partitions (the ones to choose from),
+    container and check_environment (``slurm_container``), retry (transient scheduler errors:
     ``slurm_retry.RetryPolicy``), clusters (``--clusters``), bad_nodes (``slurm_nodes``).
     """
     if profile is None:
@@ -69,6 +90,12 @@ def load_profile(profile: str | os.PathLike | None) -> dict[str, Any]:
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a profile must be a mapping of keys to values")
+    data = new_keys(data, f"profile {path.name}")
+    if isinstance(data.get("escalate"), dict):
+        data["escalate"] = new_keys(data["escalate"], f"profile {path.name}: escalate")
+    if isinstance(data.get("rules"), list):
+        data["rules"] = [new_keys(r, f"profile {path.name}: rules") if isinstance(r, dict) else r
+                         for r in data["rules"]]
     unknown = set(data) - PROFILE_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown profile key(s) {sorted(unknown)}; known: {sorted(PROFILE_KEYS)}")
@@ -76,6 +103,15 @@ def load_profile(profile: str | os.PathLike | None) -> dict[str, Any]:
         raise ValueError(f"{path}: 'setup' must be a list of shell lines")
     if data.get("additional") is not None and not isinstance(data["additional"], dict):
         raise ValueError(f"{path}: 'additional' must be a mapping of sbatch options to values")
+    parts = data.get("partitions")
+    if parts is not None and (not isinstance(parts, list) or not all(isinstance(p, str) for p in parts)):
+        raise ValueError(f"{path}: 'partitions' must be a list of partition names to choose from, like [short, long]")
+    if data.get("container") is not None:
+        from .slurm_container import Container
+
+        Container.from_profile(data["container"], str(path))
+    if not isinstance(data.get("check_environment", True), bool):
+        raise ValueError(f"{path}: 'check_environment' must be true or false")
     esc = data.get("escalate")
     if esc is not None and (not isinstance(esc, dict) or set(esc) - _ESCALATE_KEYS):
         raise ValueError(f"{path}: 'escalate' must be a mapping with keys from {sorted(_ESCALATE_KEYS)}")
@@ -87,7 +123,7 @@ def load_profile(profile: str | os.PathLike | None) -> dict[str, Any]:
     if rules is not None:
         if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
             raise ValueError(f"{path}: 'rules' must be a list of mappings like "
-                             "{match: {model: big}, mem_gb: 8, time: 120}")
+                             "{match: {model: big}, mem_gb: 8, time_min: 120}")
         for i, r in enumerate(rules):
             bad = set(r) - _RULE_KEYS
             if bad or not isinstance(r.get("match", {}), dict):
@@ -144,21 +180,21 @@ class Escalation:
     """How an element that ran out of memory or time is resubmitted.
 
     OUT_OF_MEMORY: memory times ``mem_factor``, at most ``mem_max_gb``. TIMEOUT: time times
-    ``time_factor``, at most ``time_max`` minutes. A shard whose element fails so at the cap
+    ``time_factor``, at most ``time_max_min`` minutes. A shard whose element fails so at the cap
     (or after ``max_escalations``) has the task it was running recorded as failed with that cause.
     """
 
     mem_factor: float = 2.0
     mem_max_gb: float = 64.0
     time_factor: float = 2.0
-    time_max: int = 2880
+    time_max_min: int = 2880
     max_escalations: int = 4
 
     @classmethod
     def from_profile(cls, data: Mapping[str, Any] | None) -> "Escalation":
-        d = dict(data or {})
-        if "time_max" in d:
-            d["time_max"] = minutes(d["time_max"])
+        d = new_keys(data or {}, "escalate")
+        if "time_max_min" in d:
+            d["time_max_min"] = minutes(d["time_max_min"])
         out = cls(**d)
         if out.mem_factor <= 1 or out.time_factor <= 1:
             raise ValueError("escalate: mem_factor and time_factor must be > 1")
@@ -196,7 +232,7 @@ class Resources:
             base = self.mem_mb or 1024
             return replace(self, mem_mb=min(cap, max(base + 1, int(math.ceil(base * esc.mem_factor)))))
         if cause == "TIMEOUT":
-            return replace(self, time_min=min(esc.time_max, int(math.ceil(self.time_min * esc.time_factor))))
+            return replace(self, time_min=min(esc.time_max_min, int(math.ceil(self.time_min * esc.time_factor))))
         return self
 
     def at_cap(self, cause: str, esc: Escalation) -> bool:
@@ -246,14 +282,15 @@ def _matches(value: Any, want: Any) -> bool:
 
 
 def _apply(res: Resources, spec: Mapping[str, Any], what: str) -> Resources:
-    known = {"time", "mem_gb", "mem", "cpus_per_task", "partition", "qos", "match"}
+    known = {"time_min", "mem_gb", "mem", "cpus_per_task", "partition", "qos", "match"}
+    spec = new_keys(spec, what)
     bad = set(spec) - known
     if bad:
-        raise ValueError(f"{what}: unknown key(s) {sorted(bad)}; use time, mem_gb (or mem), cpus_per_task, "
+        raise ValueError(f"{what}: unknown key(s) {sorted(bad)}; use time_min, mem_gb (or mem), cpus_per_task, "
                          "partition, qos")
     changes: dict[str, Any] = {}
-    if spec.get("time") is not None:
-        changes["time_min"] = minutes(spec["time"])
+    if spec.get("time_min") is not None:
+        changes["time_min"] = minutes(spec["time_min"])
     if spec.get("mem_gb") is not None or spec.get("mem") is not None:
         changes["mem_mb"] = mem_mb(spec.get("mem", spec.get("mem_gb")))
     if spec.get("cpus_per_task") is not None:

@@ -127,6 +127,7 @@ class Submitter:
                  max_attempts: int):
         self.folder, self.params_of, self.python, self.max_attempts = folder, params_of, python, max_attempts
         self.submissions: list[dict] = []  # what was submitted (for tests and benchmarks)
+        self.paths_filter: Callable[[list[str]], list[str]] | None = None
 
     def render_script(self, name: str, resources: Any, n: int) -> str:
         """The exact sbatch script submitit writes for an array of ``n`` elements.
@@ -149,6 +150,8 @@ class Submitter:
         if not packs:
             return []
         extra = [p for p in dict.fromkeys([os.getcwd(), *sys.path]) if p and os.path.isdir(p)]
+        if self.paths_filter is not None:  # e.g. workers in a container import packages from the image only
+            extra = self.paths_filter(extra)
         classes: dict[Any, list[Pack]] = {}
         for p in packs:
             classes.setdefault(p.resources, []).append(p)

@@ -23,7 +23,10 @@ from ..data import SimData, TaskContext
 __all__ = ["FitResult", "Fitter", "DIAGNOSTIC_COLUMNS"]
 
 #: Diagnostics columns every summary has (NaN where a fitter cannot provide one).
-DIAGNOSTIC_COLUMNS = ("rhat_max", "ess_bulk", "ess_tail", "divergent", "max_treedepth")
+#: ``n_divergent``/``n_max_treedepth`` count draws; ``ess_bulk_min``/``ess_tail_min`` are the
+#: smallest ESS over the variables of interest (names before 0.3: ``divergent``, ``max_treedepth``,
+#: ``ess_bulk``, ``ess_tail``; a fitter that still returns those keys gets a warning).
+DIAGNOSTIC_COLUMNS = ("rhat_max", "ess_bulk_min", "ess_tail_min", "n_divergent", "n_max_treedepth")
 
 
 class _BuiltOnRead:
@@ -54,7 +57,7 @@ class FitResult:
 
     draws: variable name -> array with dims (chain, draw, *shape).
     diagnostics: flat dict; at least the keys of ``DIAGNOSTIC_COLUMNS`` where known.
-        ``ess_bulk``/``ess_tail`` are minima over the variables of interest.
+        ``ess_bulk_min``/``ess_tail_min`` are minima over the variables of interest.
     predictions: optional name -> array (e.g. posterior predictive mean on test data).
     warnings: messages the sampler or model raised, one string each.
     fit: optional raw fit object (stored only with retention ``fit``; pickled). A lazy one

@@ -77,8 +77,8 @@ class ConjugateLinearFitter:
         return FitResult(
             draws=draws,
             # exact independent draws: the diagnostics are known, not estimated
-            diagnostics={"rhat_max": 1.0, "ess_bulk": float(size), "ess_tail": float(size),
-                         "divergent": 0.0, "max_treedepth": 0.0},
+            diagnostics={"rhat_max": 1.0, "ess_bulk_min": float(size), "ess_tail_min": float(size),
+                         "n_divergent": 0.0, "n_max_treedepth": 0.0},
             predictions=predictions,
             timing={"sampling": time.perf_counter() - t0},
         )

@@ -69,12 +69,12 @@ class MockFitter:
             warnings.append(f"{n_div} divergent transitions after tuning")
         if u_warn < self.warn_rate:
             warnings.append("MockFitter: injected warning (effective sample size is low)")
-        diagnostics: dict[str, float] = {"divergent": float(n_div), "max_treedepth": 0.0}
+        diagnostics: dict[str, float] = {"n_divergent": float(n_div), "n_max_treedepth": 0.0}
         if self.compute_diagnostics:
             from ..diagnostics import summarize_draws
 
             d = summarize_draws(draws, list(draws))
-            diagnostics.update(rhat_max=d["rhat_max"], ess_bulk=d["ess_bulk"], ess_tail=d["ess_tail"])
+            diagnostics.update(rhat_max=d["rhat_max"], ess_bulk_min=d["ess_bulk_min"], ess_tail_min=d["ess_tail_min"])
         return FitResult(
             draws=draws,
             diagnostics=diagnostics,

@@ -38,7 +38,7 @@ def test_clean_refuses_while_a_driver_runs(tmp_path):
 
 
 def test_temp_files_of_live_writers_are_kept(rdir):
-    run_simulation(make_config(result_path=rdir, n_replicates=20, shard_size=10, chunk_size=5), **QUIET)
+    run_simulation(make_config(result_path=rdir, n_replicates=20, shard_size=10, tasks_per_segment=5), **QUIET)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

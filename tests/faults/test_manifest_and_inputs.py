@@ -23,7 +23,7 @@ from .helpers import QUIET
 
 
 def test_truncated_manifest_is_moved_aside_and_rebuilt(rdir):
-    cfg = make_config(result_path=rdir, n_replicates=20, shard_size=10, chunk_size=5)
+    cfg = make_config(result_path=rdir, n_replicates=20, shard_size=10, tasks_per_segment=5)
     run_simulation(cfg, **QUIET)
     text = (rdir / "manifest.json").read_text()
     (rdir / "manifest.json").write_text(text[: len(text) // 2])
@@ -54,7 +54,7 @@ def test_a_second_stop_signal_during_the_first_is_ignored(rdir):
     from bayesim_hpc.runner import prepare_result_dir
     from bayesim_hpc.worker import run_shard
 
-    cfg = make_config(result_path=rdir, n_replicates=40, shard_size=40, chunk_size=40)
+    cfg = make_config(result_path=rdir, n_replicates=40, shard_size=40, tasks_per_segment=40)
     prepare_result_dir(cfg, ResultDir(rdir), "auto", False, 40)
     lines: list[str] = []
 

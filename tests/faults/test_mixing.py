@@ -38,11 +38,11 @@ def test_force_refuses_while_a_worker_of_the_old_study_lives(rdir):
 def test_rows_of_a_replaced_study_are_skipped_and_reported(tmp_path):
     rdir = tmp_path / "r"
     run_simulation(make_config(result_path=rdir, data_grid={"n": [100], "sigma": [100.0]}, shard_size=10,
-                               chunk_size=5), **QUIET)
+                               tasks_per_segment=5), **QUIET)
     late = sorted(iter_segment_paths(rdir))[0].read_bytes()  # what a worker of the old study still writes
-    new_cfg = make_config(result_path=rdir, shard_size=10, chunk_size=5)
+    new_cfg = make_config(result_path=rdir, shard_size=10, tasks_per_segment=5)
     new = run_simulation(new_cfg, force=True, **QUIET).summary
-    clean = run_simulation(make_config(result_path=tmp_path / "clean", shard_size=10, chunk_size=5), **QUIET).summary
+    clean = run_simulation(make_config(result_path=tmp_path / "clean", shard_size=10, tasks_per_segment=5), **QUIET).summary
     # the late writer lands in the new shards/ with a high attempt number: on the old code it won
     intruder = rdir / "shards" / "s00000" / "a009-00000-0badf00d.h5"
     intruder.write_bytes(late)
@@ -67,7 +67,7 @@ def test_worker_stops_when_the_study_is_replaced_under_it(rdir):
     """A worker that outlives --force drops its rows instead of writing them."""
     from bayesim_hpc.worker import run_shard
 
-    cfg = make_config(result_path=rdir, n_replicates=20, shard_size=20, chunk_size=5)
+    cfg = make_config(result_path=rdir, n_replicates=20, shard_size=20, tasks_per_segment=5)
     prepare_result_dir(cfg, ResultDir(rdir), "auto", False, 20)
     lines: list[str] = []
 
@@ -94,7 +94,7 @@ def test_worker_stops_when_the_study_is_replaced_under_it(rdir):
 
 
 def test_force_on_an_unchanged_study_keeps_its_results(rdir):
-    cfg = make_config(result_path=rdir, shard_size=10, chunk_size=5)
+    cfg = make_config(result_path=rdir, shard_size=10, tasks_per_segment=5)
     first = run_simulation(cfg, **QUIET).summary
     lines: list[str] = []
     again = run_simulation(cfg, force=True, progress=False, emit=lines.append).summary

@@ -20,7 +20,7 @@ from .helpers import QUIET
 
 @pytest.fixture
 def done(rdir):
-    run_simulation(make_config(result_path=rdir, n_replicates=20, shard_size=10, chunk_size=5), **QUIET)
+    run_simulation(make_config(result_path=rdir, n_replicates=20, shard_size=10, tasks_per_segment=5), **QUIET)
     return rdir
 
 

@@ -72,10 +72,10 @@ def test_slurm_driver_kill_drill(trial, tmp_path, running_cluster, reference):
         driver.kill()
         driver.wait()
         if ResultDir(rdir).exists():
-            res = resume_simulation(rdir, "slurm", workers=4, **SLURM_FAST, **QUIET)
+            res = resume_simulation(rdir, "slurm", max_running=4, **SLURM_FAST, **QUIET)
         else:  # killed before the study was frozen: the user runs the same command again
             res = run_simulation(drill_config(rdir, n_tasks=N_TASKS, shard_size=SHARD, delay=DELAY), "slurm",
-                                 workers=4, **SLURM_FAST, **QUIET)
+                                 max_running=4, **SLURM_FAST, **QUIET)
         summary = res.summary
         assert len(summary) == N_TASKS and summary["task_id"].is_unique
         pd.testing.assert_frame_equal(metric_frame(summary), reference, check_exact=True)

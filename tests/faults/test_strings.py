@@ -24,7 +24,7 @@ def nasty_generator(spec, rng, ctx):
 
 def test_nul_and_surrogate_strings_are_stored_escaped(rdir):
     cfg = make_config(result_path=rdir, data_grid={"n": [50], "sigma": [1.0, 2.0]}, data_generator=nasty_generator,
-                      n_replicates=6, shard_size=12, chunk_size=12, retain=["metrics", "warnings"])
+                      n_replicates=6, shard_size=12, tasks_per_segment=12, retain=["metrics", "warnings"])
     res = run_simulation(cfg, "inline", **QUIET)
     out = res.reduce_outcome
     assert (out.n_success, out.n_failed, out.n_missing) == (6, 6, 0)

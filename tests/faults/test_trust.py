@@ -32,7 +32,7 @@ def invoke(*args):
 
 @pytest.fixture
 def done(rdir):
-    run_simulation(make_config(result_path=rdir, n_replicates=20, shard_size=10, chunk_size=5), **QUIET)
+    run_simulation(make_config(result_path=rdir, n_replicates=20, shard_size=10, tasks_per_segment=5), **QUIET)
     return rdir
 
 
@@ -68,7 +68,7 @@ def test_code_loading_commands_refuse_another_users_directory(done, tmp_path, mo
         assert r.exit_code == 7 and "not by you" in r.output, (args, r.output)
     # `run` into it would let its workers unpickle study.pkl: refused too
     with pytest.raises(UntrustedResultDir):
-        run_simulation(make_config(result_path=done, n_replicates=20, shard_size=10, chunk_size=5), **QUIET)
+        run_simulation(make_config(result_path=done, n_replicates=20, shard_size=10, tasks_per_segment=5), **QUIET)
     assert not marker.exists()
     assert invoke("status", done).exit_code == 0  # reading is fine
 

@@ -104,8 +104,8 @@ def test_timeout_is_escalated_with_more_time(tmp_path, studies):
     path = tmp_path / "slurm"
     studies.append(path)
     lines: list[str] = []
-    res = run_simulation(cfg_fn(path), "slurm", emit=lines.append, escalate={"time_factor": 2, "time_max": 10},
-                         **{**FAST, "time": 1})
+    res = run_simulation(cfg_fn(path), "slurm", emit=lines.append, escalate={"time_factor": 2, "time_max_min": 10},
+                         **{**FAST, "time_min": 1})
     print("\n".join(lines))
     assert (res.summary["status"] == "success").all() and len(res.summary) == 1
     entry = manifest(path)["shards"]["0"]
@@ -170,7 +170,7 @@ def test_node_lost_mid_run_study_finishes_every_task_once_and_status_names_it(tm
     lines: list[str] = []
     try:
         res = run_simulation(cfg_fn(path, fitter=MockFitter(delay=1.5)), "slurm", emit=lines.append,
-                             **{**FAST, "workers": 8, "settle_s": 5.0})
+                             **{**FAST, "max_running": 8, "settle_s": 5.0})
         node = fault.check()
         print("\n".join(lines))
         assert_same(res.summary, ref)  # every task exactly once, bit-identical to inline
@@ -249,7 +249,7 @@ def test_unprivileged_submitter_with_its_own_result_dir(tmp_path_factory):
         "from tests.studies.linear import make_config\n"
         "from bayesim_hpc import run_simulation\n"
         "cfg = make_config(result_path={path!r}, data_grid={{'n': [50, 100], 'sigma': [1.0]}}, n_replicates=10, shard_size=5)\n"
-        "r = run_simulation(cfg, 'slurm', progress=False, poll_min_interval=1.0, tick=0.25, time=5, mem=1)\n"
+        "r = run_simulation(cfg, 'slurm', progress=False, poll_min_interval=1.0, tick=0.25, time_min=5, mem=1)\n"
         "print('SUMMARY', len(r.summary), (r.summary['status'] == 'success').sum())\n"
     ).format(repo=str(REPO), path=str(base / "study"))
     env = {k: v for k, v in os.environ.items() if k.startswith(("SLURM_CONF", "LOCAL_SLURM", "PATH", "LANG"))}

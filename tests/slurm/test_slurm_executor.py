@@ -33,12 +33,12 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 # fast polling for tests (the default is one scheduler query per 10 s); small allocations
 # plan="shards": one shard per element, so a test can point at "the element of shard 1"
-FAST = dict(poll_min_interval=1.0, settle_s=3.0, tick=0.25, time=5, mem=1, workers=8, progress=False, plan="shards")
+FAST = dict(poll_min_interval=1.0, settle_s=3.0, tick=0.25, time_min=5, mem=1, max_running=8, progress=False, plan="shards")
 
 
 def _cfg(path, **kw):
     base = dict(result_path=path, data_grid={"n": [50, 100], "sigma": [1.0]}, fit_grid={"model": ["a"]},
-                n_replicates=20, retain="minimal", shard_size=20, chunk_size=1000, checkpoint_every=1000)
+                n_replicates=20, retain="minimal", shard_size=20, tasks_per_segment=1000)
     base.update(kw)
     return make_config(**base)
 
@@ -117,7 +117,7 @@ def sbatch_count() -> int:
 @pytest.mark.timeout(300)
 def test_thousand_tasks_match_inline_and_dry_run_shows_the_submitted_script(tmp_path, studies):
     kw = dict(data_grid={"n": [50, 100], "sigma": [0.5, 1.0]}, fit_grid={"model": ["a", "b"]}, n_replicates=125,
-              shard_size=100, chunk_size=25, checkpoint_every=100, fitter=MockFitter(fail_tasks=("d002_f001_r00007",)))
+              shard_size=100, tasks_per_segment=25, fitter=MockFitter(fail_tasks=("d002_f001_r00007",)))
     cfg_fn = lambda p, **k: _cfg(p, **{**kw, **k})  # noqa: E731
     ref = inline(cfg_fn, tmp_path)
     path = tmp_path / "slurm"
@@ -241,7 +241,7 @@ def test_time_limit_flushes_on_signal_and_finishes_after_requeue(tmp_path, studi
     path = tmp_path / "slurm"
     studies.append(path)
     lines: list[str] = []
-    opts = {**FAST, "time": 1}
+    opts = {**FAST, "time_min": 1}
     res = run_simulation(cfg_fn(path, fitter=MockFitter(delay=2.5)), "slurm", emit=lines.append, **opts)
     if not res.complete:  # the allocation may have ended at the limit instead: resume finishes it
         res = resume_simulation(path, "slurm", emit=lines.append, **opts)
@@ -255,7 +255,7 @@ def test_time_limit_flushes_on_signal_and_finishes_after_requeue(tmp_path, studi
 
 @pytest.mark.timeout(300)
 def test_cancelled_element_is_reported_and_resume_runs_only_its_tasks(tmp_path, studies):
-    cfg_fn = lambda p, **k: _cfg(p, data_grid={"n": [50, 100, 150], "sigma": [1.0]}, chunk_size=2, **k)  # noqa: E731
+    cfg_fn = lambda p, **k: _cfg(p, data_grid={"n": [50, 100, 150], "sigma": [1.0]}, tasks_per_segment=2, **k)  # noqa: E731
     ref = inline(cfg_fn, tmp_path)
     path = tmp_path / "slurm"
     studies.append(path)
@@ -297,7 +297,7 @@ def test_cancelled_element_is_reported_and_resume_runs_only_its_tasks(tmp_path, 
 
 @pytest.mark.timeout(300)
 def test_killed_worker_is_reported_and_resubmitted(tmp_path, studies):
-    cfg_fn = lambda p, **k: _cfg(p, chunk_size=2, **k)  # noqa: E731
+    cfg_fn = lambda p, **k: _cfg(p, tasks_per_segment=2, **k)  # noqa: E731
     ref = inline(cfg_fn, tmp_path)
     path = tmp_path / "slurm"
     studies.append(path)
@@ -356,13 +356,13 @@ def test_driver_killed_after_sbatch_is_adopted_not_resubmitted(tmp_path, studies
         mp.setattr(Submitter, "record_submitted", die)
         with pytest.raises(RuntimeError, match="right after sbatch"):
             run_simulation(cfg_fn(path, fitter=MockFitter(delay=0.4)), "slurm", emit=lambda s: None,
-                           **{**FAST, "workers": 2})  # %2: two elements wait, pending, in the array
+                           **{**FAST, "max_running": 2})  # %2: two elements wait, pending, in the array
     assert sbatch_count() == n0 + 1
     (sub,) = manifest(path)["submissions"]
     assert sub["job_id"] is None and sub["shards"] == [0, 1, 2, 3]
 
     lines: list[str] = []
-    res = resume_simulation(path, "slurm", emit=lines.append, **{**FAST, "workers": 2})
+    res = resume_simulation(path, "slurm", emit=lines.append, **{**FAST, "max_running": 2})
     assert sbatch_count() == n0 + 1  # adopted: no second array
     assert_same(res.summary, ref)
     assert set(res.summary["attempt"]) == {1}
@@ -404,7 +404,7 @@ def test_error_budget_stops_the_study(tmp_path, studies):
 
     path = tmp_path / "slurm"
     studies.append(path)
-    cfg = _cfg(path, data_grid={"n": [50, 100, 150], "sigma": [1.0]}, max_errors=2, chunk_size=1,
+    cfg = _cfg(path, data_grid={"n": [50, 100, 150], "sigma": [1.0]}, max_errors=2, tasks_per_segment=1,
                fitter=MockFitter(fail_rate=0.5, delay=0.2))
     lines: list[str] = []
     with pytest.raises(ErrorBudgetExceeded):

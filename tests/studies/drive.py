@@ -16,7 +16,7 @@ from bayesim_hpc import reduce_results, resume_simulation, run_simulation
 from .linear import drill_config
 
 #: Slurm options of the real-cluster tests: fast polling (the default is a query per 10 s), small allocations
-SLURM_FAST = dict(poll_min_interval=1.0, settle_s=3.0, tick=0.25, time=5, mem=1)
+SLURM_FAST = dict(poll_min_interval=1.0, settle_s=3.0, tick=0.25, time_min=5, mem=1)
 
 
 def main() -> int:
@@ -33,12 +33,14 @@ def main() -> int:
     ap.add_argument("--slurm-fast", action="store_true")
     args = ap.parse_args()
     opts = dict(SLURM_FAST) if args.slurm_fast else {}
+    # a local pool's size, or the Slurm array throttle
+    opts.update({"max_running" if args.executor == "slurm" else "workers": args.workers})
     if args.what == "run":
         run_simulation(drill_config(args.result_dir, n_tasks=args.n_tasks, delay=args.delay, retain=args.retain,
                                     shard_size=args.shard_size),
-                       args.executor, workers=args.workers, progress=False, lock_stale_after=args.stale_after, **opts)
+                       args.executor, progress=False, lock_stale_after=args.stale_after, **opts)
     elif args.what == "resume":
-        resume_simulation(args.result_dir, args.executor, workers=args.workers, progress=False,
+        resume_simulation(args.result_dir, args.executor, progress=False,
                           lock_stale_after=args.stale_after, **opts)
     else:
         reduce_results(args.result_dir)

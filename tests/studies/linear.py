@@ -40,7 +40,7 @@ def drill_config(result_path, n_tasks: int = 2000, delay: float = 0.0, **overrid
         fit_grid={"model": ["a", "b"]},
         n_replicates=n_tasks // 8,
         retain="minimal",
-        chunk_size=25,
+        tasks_per_segment=25,
         result_path=result_path,
         fitter=MockFitter(draws=100, delay=delay, fail_tasks=("d002_f001_r00007",)),
         shard_size=125,

@@ -3,7 +3,7 @@
 One room per concept:
 
 * :mod:`.fitter` - :class:`PyMCFitter`, the fitter itself (and :mod:`.data_path`, its
-  ``data=`` path that skips building the model);
+  ``model_data=`` path that skips building the model);
 * :mod:`.graph_key` - the structure key: what must match for a compiled model to be reused
   (the whole graph, every constant included);
 * :mod:`.compiled_models` - the compiled models of a process: get-or-compile by key, data swap;
@@ -12,7 +12,7 @@ One room per concept:
 * :mod:`.raw_trace` - draws read from nutpie's raw trace, :class:`LazyInferenceData`;
 * :mod:`.capture` - log records and warnings captured per fit;
 * :mod:`.compile_dir` - PyTensor's compile directory for the process;
-* :mod:`.notices` - advice written for the user's model (the ``data=`` line).
+* :mod:`.notices` - advice written for the user's model (the ``model_data=`` line).
 
 Example:
     >>> fitter = PyMCFitter(build_model, draws=1000, tune=1000, chains=4)   # doctest: +SKIP

@@ -1,12 +1,12 @@
-"""The ``data=`` path of :class:`~.fitter.PyMCFitter`: build the model only when needed.
+"""The ``model_data=`` path of :class:`~.fitter.PyMCFitter`: build the model only when needed.
 
-With ``PyMCFitter(build_model, data=model_data)``, ``model_data(sim_data, fit_spec)`` returns
+With ``PyMCFitter(build_model, model_data=model_data)``, ``model_data(sim_data, fit_spec)`` returns
 the ``pm.Data`` values, and a task builds the model only when its *data key* (fit_spec less
 sampler settings, names/dtypes/shapes of the arrays) is new in the process, when that key's
 compiled model was evicted, and on the first two tasks of every cell, which check that the
 model's structure key is the one compiled for the data key. A model whose graph follows the
 data values (a prior scale computed from the data, a group count) is then built for every
-task of that data key, as without ``data=``. Mixed into the fitter; uses its ``_build``,
+task of that data key, as without ``model_data=``. Mixed into the fitter; uses its ``_build``,
 ``_models``, ``_say`` and ``_nutpie_sample``.
 """
 
@@ -24,14 +24,14 @@ from .graph_key import spec_key, structure
 
 _log = logging.getLogger(__name__)
 
-#: data keys remembered per process by the data= path (least recently added out).
+#: data keys remembered per process by the model_data= path (least recently added out).
 _MAX_DATA_KEYS = 4096
-#: data= path: tasks of each cell (per process) that build the model to check the data key.
+#: model_data= path: tasks of each cell (per process) that build the model to check the data key.
 _CHECKS_PER_CELL = 2
 
 
 class _DataEntry:
-    """What the data= path remembers per data key."""
+    """What the model_data= path remembers per data key."""
 
     __slots__ = ("key", "var_names", "sampled", "values_dependent")
 
@@ -43,10 +43,10 @@ class _DataEntry:
 
 
 class _DataPath:
-    """PyMCFitter's methods for ``data=`` (see the module docstring)."""
+    """PyMCFitter's methods for ``model_data=`` (see the module docstring)."""
 
     def _check_due(self, dkey: tuple, ctx: TaskContext | None, count: bool = False) -> bool:
-        """data= path: whether this task is among the first two of its cell here (``count``: record it)."""
+        """model_data= path: whether this task is among the first two of its cell here (``count``: record it)."""
         k = (dkey, cell_of(ctx))
         n = self._cell_checks.get(k, 0)
         if count:
@@ -55,10 +55,10 @@ class _DataPath:
                 self._cell_checks.popitem(last=False)
         return n < _CHECKS_PER_CELL
 
-    # -- data= path ---------------------------------------------------------------------
+    # -- model_data= path ---------------------------------------------------------------------
 
     def _data_values(self, data: SimData, fit_spec: dict) -> dict[str, np.ndarray]:
-        raw = self.data(data, fit_spec)
+        raw = self.model_data(data, fit_spec)
         if not isinstance(raw, Mapping):
             raise TypeError(
                 f"data(sim_data, fit_spec) must return a dict {{pm.Data name: array}}, got {type(raw).__name__}"
@@ -94,12 +94,12 @@ class _DataPath:
         return model, var_names
 
     def _fit_nutpie_data(self, pm, nutpie, data, fit_spec, st, seed, timing, ctx=None):
-        """nutpie fit with ``data=``: build/compile once per data key, else only with_data.
+        """nutpie fit with ``model_data=``: build/compile once per data key, else only with_data.
 
         The first two tasks of every cell (per process) build the model anyway and check that
         its graph is the one compiled for the data key: a graph that follows the data values
         (a prior scale computed from the data, a group count) is then built for every task
-        of that data key, as without ``data=``.
+        of that data key, as without ``model_data=``.
         """
         t0 = time.perf_counter()
         values = self._data_values(data, fit_spec)
@@ -115,7 +115,7 @@ class _DataPath:
                 entry.values_dependent = True
                 if desc["skeleton"] not in self._models.skeletons:
                     self._say("data-structure", ctx,
-                              "PyMCFitter: %s: data= was given, but the model that build_model returns for this "
+                              "PyMCFitter: %s: model_data= was given, but the model that build_model returns for this "
                               "task has another structure than the one built for an earlier task with the same "
                               "data shapes (its structure follows the data values, e.g. a count of groups); the "
                               "model is now built for every task with these shapes. Return such counts as pm.Data "

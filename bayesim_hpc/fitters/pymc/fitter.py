@@ -25,7 +25,7 @@ A model is reused only for a model that differs from it in nothing but ``pm.Data
 a value computed from the data and written in as a number (``2.5 * np.std(y)``) compiles
 per dataset, and the fitter says once per cell which constant should become ``pm.Data``.
 
-**``data=``** (``data(sim_data, fit_spec) -> {pm.Data name: array}``) skips the build: it
+**``model_data=``** (``model_data(sim_data, fit_spec) -> {pm.Data name: array}``) skips the build: it
 runs only on the first two tasks of every cell in a process (they check that the model's
 structure follows from the fit_spec and the data's shapes, not its values; a model that
 breaks this is built for every task of that data shape, with a warning) and when the data
@@ -53,6 +53,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from ...data import SimData, TaskContext
+from ...deprecation import renamed, renamed_kwargs
 from ...diagnostics import ESS_PER_CHAIN, RHAT_THRESHOLD, summarize_draws
 from ..base import FitResult
 from .capture import _Capture, _import_pymc, _is_panic
@@ -77,9 +78,11 @@ def _restore_fitter(_configured: None, cls: type, state: dict) -> "PyMCFitter":
 
 
 #: default path: tasks per cell measured, and the share of their time spent building the
-#: model from which the fitter suggests ``data=`` (once per cell and process).
+#: model from which the fitter suggests ``model_data=`` (once per cell and process).
 _REBUILD_TASKS = 3
 _REBUILD_SHARE = 0.10
+#: keyword arguments renamed in 0.3 (old -> new); the old ones warn once and still work
+_OLD_KWARGS = {"data": "model_data", "keep_draws_only_if_warned": "keep_fit_only_if_warned"}
 
 
 class PyMCFitter(_DataPath):
@@ -92,17 +95,17 @@ class PyMCFitter(_DataPath):
     sampler: "nutpie" (compile once, swap data) or "pymc" (``pm.sample`` each fit).
     compile_dir: PyTensor ``base_compiledir`` for this process (see
         :func:`configure_compile_dir`); applied on first fit and when unpickled.
-    keep_draws_only_if_warned: if True, ``FitResult.fit`` (the InferenceData) is kept
+    keep_fit_only_if_warned: if True, ``FitResult.fit`` (the whole InferenceData) is kept
         only for fits with warnings (divergences, R-hat, low ESS, ...), else it is None;
-        if False it is always kept.
+        if False it is always kept. (Before 0.3: ``keep_draws_only_if_warned``; it warns.)
     var_names: variables whose draws are returned (default: free RVs and deterministics).
     predict: optional ``(draws: dict, data: SimData, fit_spec: dict) -> dict[str, array]``
         giving ``FitResult.predictions``.
     rhat_threshold, ess_per_chain: warning thresholds (R-hat > 1.01; ESS < 100 per chain).
     max_cached_models: compiled nutpie models kept per process (least recently used out).
-    data: optional ``(data: SimData, fit_spec: dict) -> {pm.Data name: array}``: the
+    model_data: optional ``(data: SimData, fit_spec: dict) -> {pm.Data name: array}``: the
         ``pm.Data`` values of a dataset, so that nutpie fits build the model only once per
-        data key (see the module docstring for the contract).
+        data key (see the module docstring for the contract). (Before 0.3: ``data``; it warns.)
     lazy_idata: (default True) nutpie fits read their draws from nutpie's raw trace and
         build the InferenceData of ``FitResult.fit`` only when it is read; False builds it
         with every fit.
@@ -127,7 +130,7 @@ class PyMCFitter(_DataPath):
         sampler: str = "nutpie",
         target_accept: float = 0.8,
         compile_dir: str | os.PathLike | None = None,
-        keep_draws_only_if_warned: bool = False,
+        keep_fit_only_if_warned: bool = False,
         var_names: Iterable[str] | None = None,
         predict: Callable[[dict, SimData, dict], dict] | None = None,
         *,
@@ -135,14 +138,22 @@ class PyMCFitter(_DataPath):
         rhat_threshold: float = RHAT_THRESHOLD,
         ess_per_chain: float = ESS_PER_CHAIN,
         max_cached_models: int = 8,
-        data: Callable[[SimData, dict], Mapping[str, Any]] | None = None,
+        model_data: Callable[[SimData, dict], Mapping[str, Any]] | None = None,
         lazy_idata: bool = True,
         model_cache: str | os.PathLike | bool | None = None,
+        **old_names: Any,
     ) -> None:
+        if old_names:
+            new = renamed_kwargs(old_names, _OLD_KWARGS, where="PyMCFitter")
+            unknown = sorted(set(new) - set(_OLD_KWARGS.values()))
+            if unknown:
+                raise TypeError(f"PyMCFitter() got an unexpected keyword argument {unknown[0]!r}")
+            model_data = new.get("model_data", model_data)
+            keep_fit_only_if_warned = new.get("keep_fit_only_if_warned", keep_fit_only_if_warned)
         if not callable(build_model):
             raise TypeError("build_model must be callable: build_model(data, fit_spec) -> pm.Model")
-        if data is not None and not callable(data):
-            raise TypeError("data must be callable: data(sim_data, fit_spec) -> {pm.Data name: array}")
+        if model_data is not None and not callable(model_data):
+            raise TypeError("model_data must be callable: model_data(sim_data, fit_spec) -> {pm.Data name: array}")
         if sampler not in _SAMPLERS:
             raise ValueError(f"sampler must be one of {_SAMPLERS}, got {sampler!r}")
         self.build_model = build_model
@@ -153,13 +164,13 @@ class PyMCFitter(_DataPath):
         self.target_accept = float(target_accept)
         self.max_treedepth = int(max_treedepth)
         self.compile_dir = None if compile_dir is None else os.path.abspath(os.fspath(compile_dir))
-        self.keep_draws_only_if_warned = bool(keep_draws_only_if_warned)
+        self.keep_fit_only_if_warned = bool(keep_fit_only_if_warned)
         self.var_names = None if var_names is None else [str(v) for v in var_names]
         self.predict = predict
         self.rhat_threshold = float(rhat_threshold)
         self.ess_per_chain = float(ess_per_chain)
         self.max_cached_models = int(max_cached_models)
-        self.data = data
+        self.model_data = model_data
         self.lazy_idata = bool(lazy_idata)
         if model_cache is True:
             model_cache = None
@@ -170,12 +181,12 @@ class PyMCFitter(_DataPath):
 
     def _reset_cache(self) -> None:
         self._models = CompiledModels(self.max_cached_models, getattr(self, "model_cache", None), self._say)
-        # data= path: data key -> _DataEntry (structure key, var_names, sampled before)
+        # model_data= path: data key -> _DataEntry (structure key, var_names, sampled before)
         self._data_index: OrderedDict = OrderedDict()
         self.n_builds = 0
         # (what, cell) said once per process: "constants" and "rebuild" notices
         self._said: set = set()
-        # data= path: (data key, cell) -> tasks checked against a fresh build
+        # model_data= path: (data key, cell) -> tasks checked against a fresh build
         self._cell_checks: OrderedDict = OrderedDict()
         # default path, per cell: [tasks, seconds building, seconds in the fit]
         self._rebuild_stats: dict = {}
@@ -207,8 +218,27 @@ class PyMCFitter(_DataPath):
         return state
 
     def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        for old, new in _OLD_KWARGS.items():  # a fitter pickled before 0.3
+            if old in state:
+                state.setdefault(new, state.pop(old))
         self.__dict__.update(state)
         self._reset_cache()
+
+    # the settings keep their names of 0.2 in the study's description (bayesim_hpc.fingerprint),
+    # so that a study frozen before the rename is still the same study; drop with _OLD_KWARGS
+    _described_as = {new: old for old, new in _OLD_KWARGS.items()}
+
+    # the old attribute names, for one release
+    @property
+    def data(self) -> Callable[[SimData, dict], Mapping[str, Any]] | None:
+        renamed("PyMCFitter.data", "PyMCFitter.model_data", where="PyMCFitter")
+        return self.model_data
+
+    @property
+    def keep_draws_only_if_warned(self) -> bool:
+        renamed("PyMCFitter.keep_draws_only_if_warned", "PyMCFitter.keep_fit_only_if_warned", where="PyMCFitter")
+        return self.keep_fit_only_if_warned
 
     def __reduce__(self):
         # the compile dir is applied before the state (and build_model, which may import
@@ -268,7 +298,7 @@ class PyMCFitter(_DataPath):
         cap = _Capture()
         try:
             with cap:
-                if st["sampler"] == "nutpie" and self.data is not None:
+                if st["sampler"] == "nutpie" and self.model_data is not None:
                     idata, var_names = self._fit_nutpie_data(pm, nutpie, data, fit_spec, st, seed, timing,
                                                              task_ctx)
                 else:
@@ -291,7 +321,7 @@ class PyMCFitter(_DataPath):
             idata = idata.idata.materialize()
         if isinstance(idata, _RawFit):
             draws = idata.draws
-            counts = {"divergent": idata.divergent, "max_treedepth": idata.max_treedepth}
+            counts = {"n_divergent": idata.divergent, "n_max_treedepth": idata.max_treedepth}
             idata = idata.idata
         else:
             post = idata.posterior
@@ -299,8 +329,8 @@ class PyMCFitter(_DataPath):
             stats = idata.sample_stats
             depth_name = "maxdepth_reached" if "maxdepth_reached" in stats else "reached_max_treedepth"
             counts = {
-                "divergent": float(stats["diverging"].values.sum()),
-                "max_treedepth": float(stats[depth_name].values.sum()) if depth_name in stats else float("nan"),
+                "n_divergent": float(stats["diverging"].values.sum()),
+                "n_max_treedepth": float(stats[depth_name].values.sum()) if depth_name in stats else float("nan"),
             }
         voi = [v for v in (data.vars_of_interest or []) if v in draws] or list(draws)
         diagnostics: dict[str, float] = summarize_draws(draws, voi)
@@ -314,7 +344,7 @@ class PyMCFitter(_DataPath):
             predictions = self.predict(draws, data, fit_spec)
             timing["predict"] = time.perf_counter() - t0
         timing["total"] = time.perf_counter() - t_start
-        keep = (not self.keep_draws_only_if_warned) or bool(warn)
+        keep = (not self.keep_fit_only_if_warned) or bool(warn)
         return FitResult(
             draws=draws,
             diagnostics=diagnostics,
@@ -348,7 +378,7 @@ class PyMCFitter(_DataPath):
         """Default path: say once per cell when rebuilding the model is a noticeable share of a task.
 
         Counted over tasks that compiled nothing; said after :data:`_REBUILD_TASKS` of them
-        when building took at least :data:`_REBUILD_SHARE` of their time, with the ``data=``
+        when building took at least :data:`_REBUILD_SHARE` of their time, with the ``model_data=``
         line that would skip it, written for this model's ``pm.Data`` names.
         """
         cell = cell_of(ctx)
@@ -369,7 +399,7 @@ class PyMCFitter(_DataPath):
             "rebuild", ctx,
             "PyMCFitter: %s: building the model for every task takes %.0f%% of a fit here (%.1f ms of %.1f ms). "
             "The compiled model only needs the new pm.Data values; give them directly and build_model runs "
-            "only for a new structure: PyMCFitter(build_model, data=%s, ...)",
+            "only for a new structure: PyMCFitter(build_model, model_data=%s, ...)",
             cell_name(ctx), 100 * share, 1e3 * stats[1] / stats[0], 1e3 * stats[2] / stats[0],
             data_line(model, data),
         )
@@ -426,17 +456,17 @@ class PyMCFitter(_DataPath):
 
     def _warnings(self, diag: Mapping[str, float], st: Mapping[str, Any]) -> list[str]:
         out = []
-        n_div = diag.get("divergent", 0.0)
+        n_div = diag.get("n_divergent", 0.0)
         if n_div > 0:
             out.append(f"{int(n_div)} divergent transitions")
-        n_depth = diag.get("max_treedepth", 0.0)
+        n_depth = diag.get("n_max_treedepth", 0.0)
         if n_depth > 0:
             out.append(f"{int(n_depth)} draws hit the maximum tree depth ({st['max_treedepth']})")
         r = diag.get("rhat_max", float("nan"))
         if r > self.rhat_threshold:
             out.append(f"R-hat {r:.4f} > {self.rhat_threshold:g}")
         ess_min = self.ess_per_chain * st["chains"]
-        for name, label in (("ess_bulk", "bulk"), ("ess_tail", "tail")):
+        for name, label in (("ess_bulk_min", "bulk"), ("ess_tail_min", "tail")):
             e = diag.get(name, float("nan"))
             if e < ess_min:
                 out.append(f"ESS {label} {e:.0f} < {ess_min:.0f}")

@@ -1,4 +1,4 @@
-"""Notices written for the user's own model: the ``data=`` line that would skip rebuilds.
+"""Notices written for the user's own model: the ``model_data=`` line that would skip rebuilds.
 
 >>> data_line(model, sim_data)   # doctest: +SKIP
 "lambda data, fit_spec: {'x': data.column('x'), 'y_obs': data.column('y')}"
@@ -14,7 +14,7 @@ __all__ = ["data_line"]
 
 
 def data_line(model, data: SimData | None = None) -> str:
-    """The ``data=`` argument that gives ``model``'s ``pm.Data`` values directly, as source text.
+    """The ``model_data=`` argument that gives ``model``'s ``pm.Data`` values directly, as source text.
 
     A value equal to a column of ``data`` is written ``data.column(...)``; others are left
     as ``...`` for the user to fill in.
