@@ -23,6 +23,7 @@ import numpy as np
 from .efficiency import (SACCT_USAGE_FORMAT, CellFigures, Efficiency, Element, Run, at_least_after_failures,
                          class_figures, parse_usage, suggest)
 from .errors import BayesimError
+from .executors import slurm_clusters
 from .executors import slurm_query as sq
 from .executors.slurm_job import read_done_record
 from .executors.slurm_submit import element_shards
@@ -151,8 +152,10 @@ def study_efficiency(path: str | Path, *, live: bool = True, run: Callable[..., 
     accounting = False
     if elements and live:
         ids = sorted({str(s["job_id"]) for s in subs}, key=_num)
+        clusters = ",".join(dict.fromkeys(c for s in subs for c in str(s.get("clusters") or "").split(",") if c))
         try:
-            usage = sacct_usage(ids, run=run)
+            with slurm_clusters.using(clusters or None):  # the clusters the jobs went to (--clusters)
+                usage = sacct_usage(ids, run=run)
             accounting = True
         except sq.AccountingDisabledError:
             usage = []
