@@ -240,7 +240,7 @@ def test_node_killed_twice_is_excluded_from_later_submissions(tmp_path, studies)
     try:
         res = run_simulation(cfg_fn(path, fitter=MockFitter(delay=1.5)), "slurm", emit=lines.append,
                              additional={"requeue": False},  # NODE_FAIL ends the element: the driver resubmits
-                             **{**FAST, "workers": 8, "settle_s": 3.0, "max_attempts": 4})
+                             **{**FAST, "settle_s": 3.0, "max_attempts": 4})
         node = fault.check()
     finally:
         subprocess.run(["bash", str(REPO / "scripts" / "local-slurm.sh"), "start"], capture_output=True, timeout=300)
