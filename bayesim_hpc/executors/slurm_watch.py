@@ -1,7 +1,7 @@
 """Watching a study's Slurm elements: states, progress, logs, resubmission, escalation, waves.
 
 The :class:`Monitor` makes at most one scheduler query per ``poll_min_interval`` seconds in
-steady state (``slurm_query.Poller``); between queries it reads only files: each shard's
+steady state (``slurm_poller.Poller``); between queries it reads only files: each shard's
 ``progress.json`` (a shard whose tasks are all in segments is done, whatever the scheduler
 says yet), each element's done record and new lines of its logs (relayed, tagged).
 
