@@ -67,7 +67,7 @@ _PERMANENT: list[tuple[re.Pattern[str], str, str, str]] = [
      "set `qos:` to one `sacctmgr show assoc user=$USER format=qos` lists, or remove it"),
     (re.compile(r"Requested time limit is invalid|time limit.*exceeds|QOSMaxWallDuration", re.I), "--time",
      "the time limit exceeds what the partition or QOS allows",
-     "lower `time:` (see `sinfo -o '%P %l'` for each partition's limit)"),
+     "lower `time_min:` (or --time) (see `sinfo -o '%P %l'` for each partition's limit)"),
     (re.compile(r"Memory specification can not be satisfied|MaxMemPer", re.I), "--mem",
      "no node of the partition has this much memory", "lower `mem_gb:` (see `sinfo -o '%P %m'`)"),
     (re.compile(r"Requested node configuration is not available|More processors requested than permitted|"

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
 import pytest
 
 from bayesim_hpc import MockFitter, run_simulation
 from bayesim_hpc.executors import slurm_query as sq
 from bayesim_hpc.status import study_status
 
+from .node_drill import kill_node
 from .test_slurm_executor import FAST, Fault, _cfg, assert_same, inline, manifest, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -144,26 +144,7 @@ def test_node_lost_mid_run_study_finishes_every_task_once_and_status_names_it(tm
 
         node = wait_for(busy, 120, "an element running on a node")
         victim["node"] = node
-        pid = int((Path(os.environ["LOCAL_SLURM_DIR"]) / "run" / f"slurmd-{node}.pid").read_text())
-        # the node's jobs (raw ids, as slurmstepd names them), then every process of theirs
-        ids = set(subprocess.run(["squeue", "-h", "-w", node, "-o", "%A"], capture_output=True, text=True,
-                                 check=True).stdout.split())
-        procs = [psutil.Process(pid)]
-        for p in psutil.process_iter(["name", "cmdline", "environ"]):
-            try:
-                env = p.info["environ"] or {}
-                cmd = " ".join(p.info["cmdline"] or [])
-                if env.get("SLURMD_NODENAME") == node or env.get("SLURM_JOB_ID") in ids or \
-                        ("slurmstepd" in cmd and any(f"[{i}." in cmd for i in ids)):
-                    procs.append(p)
-            except (psutil.Error, TypeError):
-                continue
-        for p in procs:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        victim["killed"] = len(procs)
+        victim["killed"] = kill_node(node)
         return node
 
     fault = Fault(kill_a_node)

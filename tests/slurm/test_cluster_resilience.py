@@ -24,6 +24,7 @@ from bayesim_hpc.executors import slurm_query as sq
 from bayesim_hpc.executors.slurm import job_name
 from bayesim_hpc.resultdir import ResultDir
 
+from .node_drill import kill_node as _kill_node
 from .test_slurm_executor import FAST, _cfg, assert_same, inline, manifest, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -149,31 +150,6 @@ def test_clusters_option_on_every_call(tmp_path, studies, monkeypatch):
 def _nodes() -> list[str]:
     out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True, check=True).stdout
     return sorted(set(out.split()))
-
-
-def _kill_node(node: str) -> int:
-    """The node-loss drill (as in test_cluster_drills): SIGKILL the node's slurmd and its jobs' processes."""
-    import psutil
-
-    pid = int((Path(os.environ["LOCAL_SLURM_DIR"]) / "run" / f"slurmd-{node}.pid").read_text())
-    ids = set(subprocess.run(["squeue", "-h", "-w", node, "-o", "%A"], capture_output=True, text=True,
-                             check=True).stdout.split())
-    procs = [psutil.Process(pid)]
-    for p in psutil.process_iter(["name", "cmdline", "environ"]):
-        try:
-            env = p.info["environ"] or {}
-            cmd = " ".join(p.info["cmdline"] or [])
-            if env.get("SLURMD_NODENAME") == node or env.get("SLURM_JOB_ID") in ids or \
-                    ("slurmstepd" in cmd and any(f"[{i}." in cmd for i in ids)):
-                procs.append(p)
-        except (psutil.Error, TypeError):
-            continue
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    return len(procs)
 
 
 def _node_state(node: str) -> str:
