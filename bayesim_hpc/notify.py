@@ -367,8 +367,8 @@ def start_notifier(settings: NotifySettings | None, rd: Any, total: int, done0: 
         settings = replace(settings, targets=settings.webhooks)
         if not settings.targets:
             return None
-    n = Notifier(settings, study=Path(rd.path).name, directory=str(rd.path), total=total, done0=done0,
-                 failed0=failed0, emit=emit)
+    where = Path(rd.path).resolve()  # the message is read elsewhere: never a relative path
+    n = Notifier(settings, study=where.name, directory=str(where), total=total, done0=done0, failed0=failed0, emit=emit)
     n.attach(bar)
     n.start()
     return n

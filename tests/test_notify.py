@@ -99,6 +99,16 @@ def test_webhook_receives_the_end_of_a_run_and_resume_keeps_the_setting(tmp_path
     assert len(hook.got) == 2 and "notify" not in json.loads((path / "study.json").read_text())["runtime"]
 
 
+def test_the_message_names_the_directory_absolutely(tmp_path, hook, monkeypatch):
+    """A relative --result-dir is useless to whoever reads the message elsewhere."""
+    monkeypatch.chdir(tmp_path)
+    run_simulation(make_config(result_path="rel", n_replicates=2), "inline", progress=False,
+                   emit=lambda s: None, notify=[hook.url])
+    msg = hook.got[0]["json"]
+    assert msg["directory"] == str(tmp_path.resolve() / "rel")
+    assert msg["status_command"] == f"bayesim-hpc status {tmp_path.resolve() / 'rel'}"
+
+
 def _boom(data_spec, rng, task_ctx):
     raise ValueError("the generator is broken")
 
