@@ -127,7 +127,6 @@ class RunOutcome:
     budget_exceeded: bool = False
     detached: bool = False
     dry_run: bool = False
-    n_failed_tasks: int = 0
     storage_error: str | None = None  # a worker could not write its results (disk full): why
 
 

@@ -32,7 +32,6 @@ class InlineExecutor:
             failed += res.n_failed
             done += res.n_run
             ctx.progress.update(done, failed)
-            out.n_failed_tasks += res.n_failed
             if res.budget_exceeded or (ctx.study.max_errors is not None and failed > ctx.study.max_errors):
                 ctx.mark(sid, state="FAILED", reason="error budget exceeded")
                 out.budget_exceeded = True

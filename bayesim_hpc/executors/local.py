@@ -264,7 +264,6 @@ class LocalExecutor:
                 time.sleep(self.poll)
         finally:
             self._stop_all(ctx, procs)
-        out.n_failed_tasks = failed - ctx.failed_before
         return out
 
     def _drain_lines(self, ctx: RunContext, proc: _Proc) -> None:

@@ -493,7 +493,6 @@ class Monitor:
                 break
             self.sleep(0.2)
         self.relay_logs(self.done_elems)
-        self.out.n_failed_tasks = sum(f for per in self.ran.values() for _, f in per.values())
         return self.out
 
 
