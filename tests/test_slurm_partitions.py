@@ -217,6 +217,18 @@ def test_executor_puts_the_choice_into_sbatch_parameters_and_caps_escalation(tmp
             Resources(time_min=20, mem_mb=20 * 1024))
 
 
+def test_bad_node_cap_counts_the_partitions_elements_go_to():
+    """The bad-node cap keeps a node in each partition the study uses: the chosen ones, not the
+    profile's (None when bayesim-hpc chooses)."""
+    from bayesim_hpc.executors.slurm import SlurmExecutor
+
+    ex = SlurmExecutor(time_min=20, mem=2)
+    ex.placement = Placement(read=local, who=lambda parts: None)
+    assert ex.partitions_used([ex.base, Resources(time_min=120, mem_mb=2048)]) == {"short", "debug,other"}
+    ex.placement = Placement(read=lambda: None)  # partitions unknown: Slurm's default
+    assert ex.partitions_used([ex.base]) == {None}
+
+
 def test_escalation_stops_at_the_largest_partition():
     from types import SimpleNamespace
 

@@ -438,7 +438,7 @@ class SlurmExecutor(_DryRun, _StudyJobs):
         def check_nodes() -> None:
             ids = sorted({str(s["job_id"]) for s in ctx.manifest.read().get("submissions", [])
                           if s.get("executor") == "slurm" and s.get("job_id")}, key=int)
-            parts = {r.partition for r in [self.base, *(mon.resources.values())] if r is not None}
+            parts = self.partitions_used([self.base, *(r for r in mon.resources.values() if r is not None)])
             new, held = slurm_nodes.update(ctx.manifest, ids, parts, self.bad_nodes)
             for node, why in new.items():
                 ctx.emit(f"slurm: excluding node {node} from this study's later submissions: {why} "
@@ -458,6 +458,11 @@ class SlurmExecutor(_DryRun, _StudyJobs):
                          f"`bayesim-hpc resume {rd.path}` submits them")
             return RunOutcome(detached=True)
         return mon.loop()
+
+    def partitions_used(self, classes: list[Resources]) -> set[str | None]:
+        """The partitions these resource classes are submitted to: the chosen ones, as in
+        :meth:`sbatch_parameters` (``None``: Slurm's default), e.g. ``{"short", "debug,other"}``."""
+        return {self.placement.choose(r).partition for r in classes}
 
     def check_partitions(self, ctx: RunContext, shards: list[int]) -> list[tuple[Resources, Any]]:
         """The partition choice of every resource class of ``shards`` (raises ``PartitionError``), and
